@@ -1,0 +1,42 @@
+"""Every `instantiate` of the project: config nodes in, plain objects out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig
+
+from runner.errors import ConfigError
+
+
+def instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, letting our own ConfigError through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
+def build_optimizer(node: DictConfig) -> Any:
+    """The update rule (runner.optim_rules) that the config's optimizer group picks."""
+    return instantiate(node, _convert_="all")
+
+
+def loop_class(node: DictConfig) -> type:
+    """The loop class the config's loop group picks (built later, from a Problem)."""
+    return get_class(node._target_)
+
+
+def build_parts(cfg: DictConfig) -> dict[str, Any]:
+    """Model, data set, loss and optimizer rule, as the config groups pick them."""
+    return {
+        "model": instantiate(cfg.model),
+        "data": instantiate(cfg.data, _convert_="all"),
+        "loss": instantiate(cfg.loss),
+        "optimizer": build_optimizer(cfg.optimizer),
+    }

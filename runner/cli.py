@@ -1,0 +1,87 @@
+"""The `runner` command: a thin Hydra app around run(cfg), and one clear line for bad input."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from runner import schema
+from runner.errors import describe_error
+from runner.run import run
+from runner.signals import Interrupted
+
+schema.register()
+
+# Exit codes of the jobs this process ran that failed; main() exits with the first one.
+_FAILED_JOBS: list[int] = []
+_FULL_ERROR = False  # HYDRA_FULL_ERROR=1 as the user set it: tracebacks wanted
+
+
+@hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
+def _task(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        summary = run(
+            cfg,
+            out_dir,
+            overrides=list(hydra_cfg.overrides.task),
+            choices=dict(hydra_cfg.runtime.choices),
+        )
+    except Exception as err:
+        # Handled here rather than by Hydra, which would add a report of its own; in a sweep
+        # the other jobs go on.
+        if _FULL_ERROR:
+            raise
+        message, code = describe_error(err)
+        print(f"runner: error: {message}", file=sys.stderr, flush=True)
+        _FAILED_JOBS.append(code)
+        return None
+    print(final_line(summary, out_dir), flush=True)
+    return summary["final_loss"]  # what a sweeper (e.g. Optuna) minimises
+
+
+def final_line(summary: dict, out_dir: Path) -> str:
+    """The run's last word: status, loss, parameters, speed and where the outputs are."""
+    status = summary["status"]
+    if status == "diverged":
+        status = f"diverged at step {summary['diverged_at_step']}"
+    params = " ".join(f"{k}={_short(v)}" for k, v in summary["params"].items())
+    loss = summary["final_loss"]
+    return (
+        f"{status}: {summary['steps_completed']} steps, final loss "
+        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}, "
+        f"{summary['steps_per_s']:.0f} steps/s -> {out_dir}"
+    )
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return "nan" if value is None else f"{value:.6g}"
+
+
+def main() -> None:
+    """Console entry point. Errors become one line on stderr unless HYDRA_FULL_ERROR=1."""
+    global _FULL_ERROR
+    _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _task()
+    except KeyboardInterrupt as err:
+        print("runner: interrupted; every logged step is on disk", file=sys.stderr)
+        sys.exit(err.exit_code if isinstance(err, Interrupted) else 130)
+    except Exception as err:
+        if _FULL_ERROR:
+            raise
+        message, code = describe_error(err)
+        print(f"runner: error: {message}", file=sys.stderr)
+        sys.exit(code)
+    if _FAILED_JOBS:
+        sys.exit(_FAILED_JOBS[0])

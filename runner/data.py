@@ -1,0 +1,171 @@
+"""Data sets as plain float64 arrays shared by all loops, and the mini-batch schedule.
+
+Every loader returns a `Dataset` with x of shape (N, F) and y of shape (N,), checked finite. The
+batch schedule is a pure function of (seed, step), so every loop sees the same batches in the
+same order, and a resumed run can pick up at any step without replaying a random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.errors import ConfigError, show
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray  # (N, F) float64
+    y: np.ndarray  # (N,) float64
+
+    @property
+    def n_features(self) -> int:
+        return self.x.shape[1]
+
+
+def seed_line() -> Dataset:
+    """Seed notebook 000's data: x = 1, 2, 3, 4 and y = 2x."""
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    return Dataset(x[:, None], 2.0 * x)
+
+
+def points(x: Any, y: Any) -> Dataset:
+    """Inline data: `x` a list of numbers (one feature) or a list of equal-length rows."""
+    xs = _numeric_array(x, "data.x", "a list of numbers or a list of equal-length rows")
+    ys = _numeric_array(y, "data.y", "a list of numbers")
+    if xs.ndim == 1:
+        xs = xs[:, None]
+    if xs.ndim != 2 or ys.ndim != 1:
+        key, value = ("data.x", x) if xs.ndim != 2 else ("data.y", y)
+        raise ConfigError(key, value, "a flat list of numbers, or (for x) a list of rows")
+    if len(xs) != len(ys):
+        raise ConfigError(
+            "data.y", y, f"as many values as data.x has rows ({len(xs)}); got {len(ys)}"
+        )
+    if len(ys) == 0:
+        raise ConfigError("data.x", x, "at least one sample")
+    return _checked(Dataset(xs, ys), "data.x/data.y")
+
+
+def synthetic(
+    n_samples: int, n_features: int, weight: Any, bias: float, noise: float, seed: int
+) -> Dataset:
+    """y = x @ w + bias + noise * N(0, 1), with x ~ N(0, 1); all drawn from `seed`."""
+    w = _numeric_array(weight, "data.weight", "a number or a list of n_features numbers")
+    if w.ndim == 0:
+        w = np.full(n_features, float(w))
+    if w.shape != (n_features,):
+        raise ConfigError(
+            "data.weight", weight, f"a number or a list of {n_features} numbers (n_features)"
+        )
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_samples, n_features))
+    y = x @ w + bias + noise * rng.standard_normal(n_samples)
+    return _checked(Dataset(x, y), "data")
+
+
+def load_csv(path: str, target: str, features: list[str] | None = None) -> Dataset:
+    """Reads `path` with pandas; `features` (default: every other column) predict `target`."""
+    import pandas as pd
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError("data.path", path, f"an existing CSV file (not found: {file.resolve()})")
+    try:
+        frame = pd.read_csv(file)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            "data.path", path, f"a readable CSV file with a header ({reason})"
+        ) from None
+    columns = [str(c) for c in frame.columns]
+    features = list(features) if features is not None else [c for c in columns if c != target]
+    for key, names in (("data.target", [target]), ("data.features", features)):
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise ConfigError(
+                key, names[0] if key == "data.target" else names, f"columns of {path}: {columns}"
+            )
+    if not features:
+        raise ConfigError("data.features", features, f"at least one column of {columns}")
+    if len(frame) == 0:
+        raise ConfigError("data.path", path, "a CSV file with at least one data row")
+    for name in [*features, target]:
+        values = pd.to_numeric(frame[name], errors="coerce")
+        bad = values.isna() & frame[name].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ConfigError(
+                "data.path",
+                path,
+                f"numbers in column {name!r}; row {row + 1} holds {show(frame[name].iloc[row])}",
+            )
+        frame[name] = values
+    x = frame[features].to_numpy(dtype=np.float64)
+    y = frame[target].to_numpy(dtype=np.float64)
+    return _checked(Dataset(x, y), "data.path", path, columns=[*features, target])
+
+
+def _numeric_array(value: Any, key: str, allowed: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, allowed) from None
+
+
+def _checked(
+    data: Dataset, key: str, value: Any = None, columns: list[str] | None = None
+) -> Dataset:
+    """Refuses NaN or infinite values, naming the first one found."""
+    for name, array in (("x", data.x), ("y", data.y)):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            index = np.argwhere(bad)[0]
+            where = f"row {index[0] + 1}"
+            if columns is not None:
+                where += f", column {columns[index[1]] if name == 'x' else columns[-1]!r}"
+            raise ConfigError(
+                key,
+                value if value is not None else "...",
+                f"finite numbers; {name} has {array[tuple(index)]} at {where}",
+            )
+    return data
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """Which samples step k trains on: all of them, or shuffled mini-batches.
+
+    Epoch e is a permutation drawn from default_rng([seed, e]) and cut into consecutive batches of
+    `batch_size` (the last one may be smaller), so the batch of any step can be computed directly.
+    """
+
+    n_samples: int
+    batch_size: int | None
+    seed: int
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size is None or self.batch_size >= self.n_samples
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return 1 if self.full_batch else -(-self.n_samples // self.batch_size)
+
+    def indices(self, step: int) -> np.ndarray | None:
+        """Sample indices of 1-based `step`, or None for the full batch."""
+        if self.full_batch:
+            return None
+        epoch, k = divmod(step - 1, self.batches_per_epoch)
+        order = _epoch_order(self.seed, epoch, self.n_samples)
+        return order[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+@lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, n_samples: int) -> np.ndarray:
+    # Cached: drawing a generator costs more than a small training step.
+    return np.random.default_rng([seed, epoch]).permutation(n_samples)

@@ -1,0 +1,80 @@
+"""The three training loops and what they share.
+
+A loop is built from a `Problem` (plain arrays and small specs, no config) and yields one
+`StepRecord` per optimizer update. Loops do no I/O, no logging and no host syncs of their own:
+the runner decides when records move to the host and where they go. Import a loop from its own
+module (`runner.loops.numpy_loop`, ...): this package imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from runner.data import BatchSchedule
+
+Array = Any  # numpy.ndarray or torch.Tensor
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer update. Values stay in the loop's own arrays (on its device).
+
+    loss: at the parameters before this update (0-d); params: after it; grads: the ones it used.
+    """
+
+    step: int
+    loss: Array
+    lr: float
+    params: Mapping[str, Array]
+    grads: Mapping[str, Array]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a loop needs, built once by the runner and shared by all loops."""
+
+    x: np.ndarray  # (N, F) in `dtype`
+    y: np.ndarray  # (N,) in `dtype`
+    init: Mapping[str, np.ndarray]  # initial parameters in `dtype`, drawn once
+    model: Any  # runner.models.ScalarModel | LinearModel
+    loss: Any  # runner.losses.MSE | L1 | Huber
+    optimizer: Any  # a rule from runner.optim_rules
+    batches: BatchSchedule
+    dtype: str  # "float32" | "float64"
+    device: str  # resolved: "cpu", "cuda", "mps"
+
+
+class Loop(Protocol):
+    name: str
+
+    def __init__(self, problem: Problem) -> None: ...
+
+    def steps(self, first: int, last: int) -> Iterator[StepRecord]:
+        """Yields the records of steps first..last (1-based, inclusive)."""
+        ...
+
+    @staticmethod
+    def to_host(records: list[StepRecord]) -> np.ndarray:
+        """Packs records into rows [loss, lr, params..., grads...] as a (K, D) float64 array."""
+        ...
+
+
+def pack_numpy(records: list[StepRecord]) -> np.ndarray:
+    """Host rows of records whose values are NumPy arrays (see Loop.to_host)."""
+    return np.array(
+        [
+            np.concatenate(
+                [
+                    [r.loss, r.lr],
+                    *(np.ravel(p) for p in r.params.values()),
+                    *(np.ravel(g) for g in r.grads.values()),
+                ]
+            )
+            for r in records
+        ],
+        dtype=np.float64,
+    )

@@ -1,0 +1,32 @@
+"""The NumPy loop: hand-derived gradients and the hand-written update rules. Never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from runner.loops import Problem, StepRecord, pack_numpy
+
+
+class NumpyLoop:
+    name = "numpy"
+    to_host = staticmethod(pack_numpy)
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.params = {k: np.array(v, dtype=problem.dtype) for k, v in problem.init.items()}
+        self.state = problem.optimizer.init_state(self.params, np)
+
+    def steps(self, first: int, last: int) -> Iterator[StepRecord]:
+        p = self.problem
+        model, loss_fn, rule = p.model, p.loss, p.optimizer
+        for step in range(first, last + 1):
+            idx = p.batches.indices(step)
+            x, y = (p.x, p.y) if idx is None else (p.x[idx], p.y[idx])
+            pred = model.forward(self.params, x, np)
+            loss, dpred = loss_fn.value_and_grad(pred, y)
+            grads = model.backward(self.params, x, dpred)
+            grads = {k: g.astype(p.dtype, copy=False) for k, g in grads.items()}
+            self.params, self.state = rule.update(self.params, grads, self.state, np)
+            yield StepRecord(step, loss, rule.lr, self.params, grads)

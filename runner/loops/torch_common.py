@@ -1,0 +1,51 @@
+"""What the two torch loops share: moving the problem onto the device, packing records to host."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runner.loops import Problem, StepRecord
+
+
+class TorchData:
+    """The problem's arrays as tensors of the run's dtype on the run's device."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.device = torch.device(problem.device)
+        self.dtype = getattr(torch, problem.dtype)
+        self.x = torch.as_tensor(problem.x, dtype=self.dtype, device=self.device)  # (N, F)
+        self.y = torch.as_tensor(problem.y, dtype=self.dtype, device=self.device)  # (N,)
+        self.batches = problem.batches
+
+    def tensor(self, value: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(value, dtype=self.dtype, device=self.device).clone()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.batches.indices(step)
+        if idx is None:
+            return self.x, self.y
+        idx_t = torch.from_numpy(idx).to(self.device)
+        return self.x[idx_t], self.y[idx_t]
+
+
+def pack_torch(records: list[StepRecord]) -> np.ndarray:
+    """Host rows [loss, lr, params..., grads...] of records holding device tensors.
+
+    The rows are concatenated and stacked on the device and copied to the host in one transfer,
+    so on a GPU this is the only synchronisation, once per chunk of records.
+    """
+    stacked = torch.stack(
+        [
+            torch.cat(
+                [
+                    r.loss.reshape(1),
+                    *(p.reshape(-1) for p in r.params.values()),
+                    *(g.reshape(-1) for g in r.grads.values()),
+                ]
+            )
+            for r in records
+        ]
+    )
+    rows = stacked.to(device="cpu", dtype=torch.float64).numpy()
+    return np.insert(rows, 1, [r.lr for r in records], axis=1)

@@ -1,0 +1,403 @@
+"""Optimizer update rules shared by the numpy and autograd loops, each mirroring torch.optim.
+
+One rule serves both manual loops: it only touches arrays through `xp` (the numpy or the torch
+module) and arithmetic operators, so the numpy loop runs it on ndarrays and the autograd loop on
+tensors under `torch.no_grad()`. Each rule follows its torch.optim class's single-tensor code path
+(foreach=False) operation by operation, so all three loops agree to a few ulps per step; what
+cannot be mirrored is torch's fused multiply-adds and its 1-ulp-off CPU sqrt.
+
+Rules are pure: `update` returns new params and a new state and never writes into its inputs.
+The state is a plain dict per parameter name holding a Python int `step` and arrays of the
+parameter's dtype, so it checkpoints as is. Every array expression is elementwise, so a leading
+axis (say one per learning rate, with `lr` an array of shape (K, 1, ...)) broadcasts through.
+
+This module must never import torch at module level: the numpy loop runs without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+Array = Any  # a numpy.ndarray or a torch.Tensor; `xp` is the numpy or torch module
+Problem = tuple[str, object, str]  # (field, value, what is allowed)
+
+
+def _problems(*rows: tuple[str, object, bool, str]) -> list[Problem]:
+    # Conditions are written as "what is valid" so that NaN, which fails every comparison,
+    # is reported too.
+    return [(field, value, allowed) for field, value, valid, allowed in rows if not valid]
+
+
+def _lerp(start: Array, end: Array, weight: float) -> Array:
+    # torch.lerp picks its formula by the size of the weight, to stay exact at both ends.
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+@dataclass(frozen=True)
+class _ManualRule:
+    """Shared driver of the manual rules: subclasses say what state one parameter needs and how
+    one parameter takes one step."""
+
+    manual: ClassVar[bool] = True  # usable by the numpy and autograd loops
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        raise NotImplementedError
+
+    def init_state(self, params: Mapping[str, Array], xp) -> dict:
+        """Returns the state before the first step: one plain dict per parameter name."""
+        return {name: {"step": 0, **self._buffers(param, xp)} for name, param in params.items()}
+
+    def update(
+        self, params: Mapping[str, Array], grads: Mapping[str, Array], state: dict, xp
+    ) -> tuple[dict[str, Array], dict]:
+        """Pure function: returns (new_params, new_state); never mutates its inputs.
+
+        Like torch.optim, a parameter whose gradient is missing or None is left as it is. Arrays
+        that a step leaves unchanged are shared between the old and new dicts, not copied.
+        """
+        new_params: dict[str, Array] = {}
+        new_state: dict[str, dict] = {}
+        for name, param in params.items():
+            grad = grads.get(name)
+            if grad is None:
+                new_params[name], new_state[name] = param, dict(state[name])
+                continue
+            step = int(state[name]["step"]) + 1
+            param, buffers = self._step(param, grad, step, state[name], xp)
+            # numpy turns 0-d results into scalars; asarray restores the array (a no-op for torch)
+            new_params[name] = xp.asarray(param)
+            new_state[name] = {"step": step, **{k: xp.asarray(v) for k, v in buffers.items()}}
+        return new_params, new_state
+
+    def _buffers(self, param: Array, xp) -> dict[str, Array]:
+        raise NotImplementedError
+
+    def _step(
+        self, param: Array, grad: Array, step: int, state: Mapping[str, Any], xp
+    ) -> tuple[Array, dict[str, Array]]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SGD(_ManualRule):
+    """torch.optim.SGD: momentum, dampening, nesterov and coupled (L2) weight decay."""
+
+    lr: float = 0.01  # the project's one deliberate difference from torch's defaults (1e-3)
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        return _problems(
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("momentum", self.momentum, self.momentum >= 0, "a number >= 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+            (
+                "nesterov",
+                self.nesterov,
+                not self.nesterov or (self.momentum > 0 and self.dampening == 0),
+                "false unless momentum > 0 and dampening = 0",
+            ),
+        )
+
+    def _buffers(self, param: Array, xp) -> dict[str, Array]:
+        # torch creates the buffer from the first gradient; a zero placeholder keeps the state
+        # all arrays, and step 1 marks where torch would create it.
+        return {"momentum_buffer": xp.zeros_like(param)} if self.momentum != 0 else {}
+
+    def _step(self, param, grad, step, state, xp):
+        if self.weight_decay != 0:
+            grad = grad + self.weight_decay * param
+        buffers = {}
+        if self.momentum != 0:
+            if step == 1:
+                # The buffer starts as the gradient itself, with no dampening; `* 1` copies it so
+                # a caller reusing its gradient arrays in place cannot reach into the state.
+                buf = grad * 1
+            else:
+                buf = state["momentum_buffer"] * self.momentum + (1 - self.dampening) * grad
+            buffers["momentum_buffer"] = buf
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        return param - self.lr * grad, buffers
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.SGD (single-tensor path, foreach=False)."""
+        import torch
+
+        return torch.optim.SGD(
+            parameters,
+            lr=self.lr,
+            momentum=self.momentum,
+            dampening=self.dampening,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            foreach=False,
+        )
+
+
+@dataclass(frozen=True)
+class _AdamFamily(_ManualRule):
+    """Adam's rule, with weight decay coupled (Adam) or decoupled (AdamW) by the subclass."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+
+    decoupled_weight_decay: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        # Configs give betas as a list; a tuple keeps the rule hashable and torch-compatible.
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        betas_valid = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
+        return _problems(
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("betas", list(self.betas), betas_valid, "two numbers, each in [0, 1)"),
+            ("eps", self.eps, self.eps >= 0, "a number >= 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+        )
+
+    def _buffers(self, param: Array, xp) -> dict[str, Array]:
+        names = ["exp_avg", "exp_avg_sq", *(["max_exp_avg_sq"] if self.amsgrad else [])]
+        return {name: xp.zeros_like(param) for name in names}
+
+    def _step(self, param, grad, step, state, xp):
+        beta1, beta2 = self.betas
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                param = param * (1 - self.lr * self.weight_decay)
+            else:
+                grad = grad + self.weight_decay * param
+        exp_avg = _lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+        buffers = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+        # Python-float scalars, computed as torch computes them (its step is a float).
+        bias_correction1 = 1 - beta1 ** float(step)
+        bias_correction2 = 1 - beta2 ** float(step)
+        step_size = self.lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+
+        second_moment = exp_avg_sq
+        if self.amsgrad:
+            # torch keeps the running max of the raw (not bias-corrected) second moments.
+            second_moment = xp.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+            buffers["max_exp_avg_sq"] = second_moment
+        # eps is added after the bias-corrected sqrt, as torch does, not inside it.
+        denom = xp.sqrt(second_moment) / bias_correction2_sqrt + self.eps
+        return param + (-step_size) * exp_avg / denom, buffers
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            # torch rejects a mix of int and float betas, which a YAML `[0, 0.999]` would give
+            "betas": tuple(float(b) for b in self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "amsgrad": self.amsgrad,
+            "foreach": False,
+        }
+
+
+@dataclass(frozen=True)
+class Adam(_AdamFamily):
+    """torch.optim.Adam: bias-corrected moments, coupled (L2) weight decay, optional amsgrad."""
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.Adam (single-tensor path, foreach=False)."""
+        import torch
+
+        return torch.optim.Adam(parameters, **self._torch_kwargs())
+
+
+@dataclass(frozen=True)
+class AdamW(_AdamFamily):
+    """torch.optim.AdamW: Adam with decoupled weight decay, `param *= 1 - lr * weight_decay`."""
+
+    weight_decay: float = 1e-2
+
+    decoupled_weight_decay: ClassVar[bool] = True
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.AdamW (single-tensor path, foreach=False)."""
+        import torch
+
+        return torch.optim.AdamW(parameters, **self._torch_kwargs())
+
+
+@dataclass(frozen=True)
+class RMSprop(_ManualRule):
+    """torch.optim.RMSprop: eps added after the sqrt, optional centering and momentum buffer."""
+
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+    weight_decay: float = 0.0
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        return _problems(
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("alpha", self.alpha, self.alpha >= 0, "a number >= 0"),
+            ("eps", self.eps, self.eps >= 0, "a number >= 0"),
+            ("momentum", self.momentum, self.momentum >= 0, "a number >= 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+        )
+
+    def _buffers(self, param: Array, xp) -> dict[str, Array]:
+        buffers = {"square_avg": xp.zeros_like(param)}
+        if self.momentum > 0:  # unlike SGD's, this buffer starts at zero
+            buffers["momentum_buffer"] = xp.zeros_like(param)
+        if self.centered:
+            buffers["grad_avg"] = xp.zeros_like(param)
+        return buffers
+
+    def _step(self, param, grad, step, state, xp):
+        if self.weight_decay != 0:
+            grad = grad + self.weight_decay * param
+        square_avg = state["square_avg"] * self.alpha + (1 - self.alpha) * grad * grad
+        buffers = {"square_avg": square_avg}
+        if self.centered:
+            grad_avg = _lerp(state["grad_avg"], grad, 1 - self.alpha)
+            buffers["grad_avg"] = grad_avg
+            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + self.eps
+        else:
+            avg = xp.sqrt(square_avg) + self.eps
+        if self.momentum > 0:
+            buf = state["momentum_buffer"] * self.momentum + grad / avg
+            buffers["momentum_buffer"] = buf
+            return param - self.lr * buf, buffers
+        return param + (-self.lr) * grad / avg, buffers
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.RMSprop (single-tensor path, foreach=False)."""
+        import torch
+
+        return torch.optim.RMSprop(
+            parameters,
+            lr=self.lr,
+            alpha=self.alpha,
+            eps=self.eps,
+            momentum=self.momentum,
+            centered=self.centered,
+            weight_decay=self.weight_decay,
+            foreach=False,
+        )
+
+
+@dataclass(frozen=True)
+class Adagrad(_ManualRule):
+    """torch.optim.Adagrad: accumulated squared gradients, lr decayed as lr / (1 + (t-1)*decay)."""
+
+    lr: float = 1e-2
+    lr_decay: float = 0.0
+    eps: float = 1e-10
+    weight_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        init = self.initial_accumulator_value
+        return _problems(
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("lr_decay", self.lr_decay, self.lr_decay >= 0, "a number >= 0"),
+            ("eps", self.eps, self.eps >= 0, "a number >= 0"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
+            ("initial_accumulator_value", init, init >= 0, "a number >= 0"),
+        )
+
+    def _buffers(self, param: Array, xp) -> dict[str, Array]:
+        return {"sum": xp.full_like(param, self.initial_accumulator_value)}
+
+    def _step(self, param, grad, step, state, xp):
+        if self.weight_decay != 0:
+            grad = grad + self.weight_decay * param
+        clr = self.lr / (1 + (float(step) - 1) * self.lr_decay)
+        state_sum = state["sum"] + grad * grad
+        std = xp.sqrt(state_sum) + self.eps
+        return param + (-clr) * grad / std, {"sum": state_sum}
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.Adagrad (single-tensor path, foreach=False)."""
+        import torch
+
+        return torch.optim.Adagrad(
+            parameters,
+            lr=self.lr,
+            lr_decay=self.lr_decay,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            initial_accumulator_value=self.initial_accumulator_value,
+            foreach=False,
+        )
+
+
+@dataclass(frozen=True)
+class LBFGS:
+    """torch.optim.LBFGS settings. It has no manual rule: each of its steps re-evaluates the loss
+    through a closure, so only the optim loop can run it."""
+
+    lr: float = 1.0
+    max_iter: int = 20
+    history_size: int = 100
+    line_search_fn: str | None = None
+
+    manual: ClassVar[bool] = False
+
+    def check(self) -> list[Problem]:
+        """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
+        return _problems(
+            ("lr", self.lr, self.lr > 0, "a number > 0"),
+            ("max_iter", self.max_iter, self.max_iter >= 1, "an integer >= 1"),
+            ("history_size", self.history_size, self.history_size >= 1, "an integer >= 1"),
+            (
+                "line_search_fn",
+                self.line_search_fn,
+                self.line_search_fn in (None, "strong_wolfe"),
+                "null or strong_wolfe",
+            ),
+        )
+
+    def init_state(self, params: Mapping[str, Array], xp) -> dict:
+        """Always raises: LBFGS runs only in the optim loop."""
+        raise self._no_manual_rule()
+
+    def update(
+        self, params: Mapping[str, Array], grads: Mapping[str, Array], state: dict, xp
+    ) -> tuple[dict[str, Array], dict]:
+        """Always raises: LBFGS runs only in the optim loop."""
+        raise self._no_manual_rule()
+
+    def _no_manual_rule(self) -> NotImplementedError:
+        return NotImplementedError(
+            "LBFGS has no manual update rule (each step re-evaluates the loss through a "
+            "closure); it needs the optim loop (loop=optim)"
+        )
+
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the equivalent torch.optim.LBFGS."""
+        import torch
+
+        return torch.optim.LBFGS(
+            parameters,
+            lr=self.lr,
+            max_iter=self.max_iter,
+            history_size=self.history_size,
+            line_search_fn=self.line_search_fn,
+        )

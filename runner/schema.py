@@ -1,0 +1,247 @@
+"""Typed config schemas, registered in Hydra's ConfigStore, and the checks types cannot express.
+
+Each YAML option under conf/<group>/ starts its defaults list with its schema from the
+`schema/<group>` group stored here, so a wrong type or an unknown key fails while Hydra composes
+the config, before anything is built. Ranges and cross-field rules (lr > 0, LBFGS only with the
+optim loop, ...) are checked by `validate`, which raises one `ConfigError` naming key, value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from typing import Any, get_type_hints
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+from runner import optim_rules
+from runner.errors import ConfigError
+
+
+class DType(Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class DeviceName(Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+    auto = "auto"  # cuda, else mps, else cpu
+
+
+# --- model ---------------------------------------------------------------------------------
+@dataclass
+class ScalarModelConf:
+    _target_: str = "runner.models.ScalarModel"
+    init: float | None = 0.0  # y = w*x; null draws w like nn.Linear(1, 1) does, from train.seed
+
+
+@dataclass
+class LinearModelConf:
+    _target_: str = "runner.models.LinearModel"
+    init: float | None = None  # null: nn.Linear's default init, drawn from train.seed
+    bias: bool = True
+
+
+# --- data ----------------------------------------------------------------------------------
+@dataclass
+class SeedLineConf:
+    _target_: str = "runner.data.seed_line"
+
+
+@dataclass
+class PointsConf:
+    _target_: str = "runner.data.points"
+    x: Any = MISSING  # a list of numbers (one feature) or a list of rows
+    y: list[float] = MISSING
+
+
+@dataclass
+class SyntheticConf:
+    _target_: str = "runner.data.synthetic"
+    n_samples: int = 64
+    n_features: int = 1
+    weight: Any = 2.0  # one number for every feature, or a list with one per feature
+    bias: float = 0.5
+    noise: float = 0.1  # standard deviation of the Gaussian noise added to y
+    seed: int = II("train.seed")
+
+
+@dataclass
+class CsvConf:
+    _target_: str = "runner.data.load_csv"
+    path: str = MISSING
+    features: list[str] | None = None  # null: every column but the target
+    target: str = MISSING
+
+
+# --- loss ----------------------------------------------------------------------------------
+@dataclass
+class MSEConf:
+    _target_: str = "runner.losses.MSE"
+
+
+@dataclass
+class L1Conf:
+    _target_: str = "runner.losses.L1"
+
+
+@dataclass
+class HuberConf:
+    _target_: str = "runner.losses.Huber"
+    delta: float = 1.0
+
+
+# --- optimizer: the update rules' own dataclasses are the schemas (one set of defaults) -----
+def _rule_schema(rule: type) -> type:
+    """A rule's fields and defaults as a config schema, plus the `_target_` that builds it."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, field(default=f"{rule.__module__}.{rule.__name__}"))
+    ]
+    hints = get_type_hints(rule)
+    for f in dataclasses.fields(rule):
+        if isinstance(f.default, tuple):  # configs hold lists, not tuples
+            fields.append((f.name, list[float], field(default_factory=partial(list, f.default))))
+        else:
+            fields.append((f.name, hints[f.name], field(default=f.default)))
+    return dataclasses.make_dataclass(f"{rule.__name__}Conf", fields)
+
+
+OPTIMIZER_SCHEMAS = {
+    name: _rule_schema(rule)
+    for name, rule in {
+        "sgd": optim_rules.SGD,
+        "adam": optim_rules.Adam,
+        "adamw": optim_rules.AdamW,
+        "rmsprop": optim_rules.RMSprop,
+        "adagrad": optim_rules.Adagrad,
+        "lbfgs": optim_rules.LBFGS,
+    }.items()
+}
+
+
+# --- loop and device -----------------------------------------------------------------------
+@dataclass
+class LoopConf:
+    _target_: str = MISSING
+
+
+@dataclass
+class DeviceConf:
+    name: DeviceName = DeviceName.cpu
+
+
+# --- top level -----------------------------------------------------------------------------
+@dataclass
+class TrainConf:
+    steps: int = 100  # optimizer updates; the default run takes about a second
+    seed: int = 0
+    batch_size: int | None = None  # null: full batch; else shuffled mini-batches from seed
+    dtype: DType = DType.float32
+
+
+@dataclass
+class LogConf:
+    every_n_steps: int = 1  # the last step is always logged
+    csv: bool = True
+    tensorboard: bool = True
+    max_elements: int = 16  # per parameter; larger ones are logged as norms only
+    flush_secs: float = 1.0  # logged rows reach the disk at most this long after their step
+    progress: bool = True  # a tqdm bar, shown only on a terminal
+
+
+@dataclass
+class RunConf:
+    model: Any = MISSING
+    data: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    loop: Any = MISSING
+    device: Any = MISSING
+    train: TrainConf = field(default_factory=TrainConf)
+    log: LogConf = field(default_factory=LogConf)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf},
+    "data": {
+        "seed_line": SeedLineConf,
+        "points": PointsConf,
+        "synthetic": SyntheticConf,
+        "csv": CsvConf,
+    },
+    "loss": {"mse": MSEConf, "l1": L1Conf, "huber": HuberConf},
+    "optimizer": OPTIMIZER_SCHEMAS,
+    "loop": {"loop": LoopConf},
+    "device": {"device": DeviceConf},
+}
+
+# One token per process: with the time it names the default run directory, so two runs started
+# in the same second never share one (Hydra's own default only has second resolution).
+RUN_TOKEN = secrets.token_hex(3)
+
+
+def register() -> None:
+    """Stores every schema in Hydra's ConfigStore and the resolvers the configs use."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConf)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+    if not OmegaConf.has_resolver("run_token"):
+        OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN)
+
+
+# --- checks that types cannot express --------------------------------------------------------
+def validate(cfg: DictConfig, loop_name: str) -> None:
+    """Raises ConfigError for the first out-of-range value or impossible combination."""
+    train, log = cfg.train, cfg.log
+    _at_least(train.steps, 1, "train.steps")
+    _at_least(train.seed, 0, "train.seed")
+    if train.batch_size is not None:
+        _at_least(
+            train.batch_size, 1, "train.batch_size", "an integer >= 1, or null for full batch"
+        )
+    _at_least(log.every_n_steps, 1, "log.every_n_steps")
+    _at_least(log.max_elements, 1, "log.max_elements")
+    if not log.flush_secs >= 0:
+        raise ConfigError("log.flush_secs", log.flush_secs, "a number of seconds >= 0")
+
+    if "delta" in cfg.loss and not cfg.loss.delta > 0:
+        raise ConfigError("loss.delta", cfg.loss.delta, "a number > 0 (Huber's threshold)")
+
+    rule = _optimizer_rule(cfg)
+    for key, value, allowed in rule.check():
+        raise ConfigError(f"optimizer.{key}", value, allowed)
+    if not rule.manual and loop_name != "optim":
+        raise ConfigError(
+            "optimizer",
+            type(rule).__name__.lower(),
+            f"with loop=optim only (it needs torch.optim's closure); loop={loop_name} was given",
+        )
+
+    data = cfg.data
+    if "n_samples" in data:
+        _at_least(data.n_samples, 1, "data.n_samples")
+        _at_least(data.n_features, 1, "data.n_features")
+        _at_least(data.seed, 0, "data.seed")
+        if not data.noise >= 0:
+            raise ConfigError("data.noise", data.noise, "a standard deviation >= 0")
+
+
+def _optimizer_rule(cfg: DictConfig):
+    # Built here only to ask it for its own range checks; run() builds the one it trains with.
+    from runner.build import build_optimizer
+
+    return build_optimizer(cfg.optimizer)
+
+
+def _at_least(value: int, low: int, key: str, allowed: str | None = None) -> None:
+    if value < low:
+        raise ConfigError(key, value, allowed or f"an integer >= {low}")

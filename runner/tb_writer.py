@@ -1,0 +1,679 @@
+"""A small TensorBoard event-file writer that never imports torch or tensorflow.
+
+Events are TensorBoard's own protos (``tensorboard.compat.proto``) framed as TFRecords:
+``uint64 length | masked crc32c(length) | data | masked crc32c(data)``.
+
+Speed matters more than generality here: the runner logs every scalar of every step. Scalar
+and histogram events are therefore not built as proto objects one by one. Every such event
+for one tag set has the same bytes except the step, the wall time and a fixed number of
+floats, so rows are buffered in numpy arrays and a whole batch is encoded at flush time from a
+byte template. CRC-32C is linear over GF(2), so the checksum of each row is the template's
+checksum XOR one table look-up per variable byte, which numpy does for all rows at once.
+Rarer events (text, hparams) go through the protobuf classes and a per-record CRC.
+
+Nothing reaches the file until ``flush()``, which issues a single ``os.write``: a killed
+process leaves the file exactly as of its last flush (plus, at worst, a torn tail from a write
+interrupted mid-way, which TensorBoard's readers skip as a truncated record). Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import operator
+import os
+import socket
+import struct
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tensorboard.compat.proto import (
+    event_pb2,
+    summary_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+
+__all__ = ["EventWriter"]
+
+# Histograms use TensorBoard's own default (tensorboard.plugins.histogram.summary_v2):
+# equal-width buckets between min and max.
+HISTOGRAM_BUCKETS = 30
+
+# Plugin name and tags of the hparams plugin's summaries (tensorboard.plugins.hparams.metadata;
+# importing that module costs ~0.2 s because it pulls tensor_util, so they are restated here and
+# the tests check them against it).
+_HPARAMS_PLUGIN = "hparams"
+_HPARAMS_EXPERIMENT_TAG = "_hparams_/experiment"
+_HPARAMS_SESSION_START_TAG = "_hparams_/session_start_info"
+_HPARAMS_SESSION_END_TAG = "_hparams_/session_end_info"
+
+_MASK32 = 0xFFFFFFFF
+_MASK_DELTA = 0xA282EAD8
+_UID = itertools.count()
+
+
+# ---------------------------------------------------------------------------------------------
+# CRC-32C (Castagnoli). _TABLE is the usual reflected byte table. _shared_tables()[d, b] is the
+# contribution of byte value b followed by d more bytes to the final register (with zero initial
+# register): the CRC of a message is the XOR of those over its bytes, plus a term for the
+# initial register that depends only on the length.
+
+
+def _byte_table() -> np.ndarray:
+    t = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        t = np.where(t & 1, (t >> 1) ^ np.uint32(0x82F63B78), t >> 1)
+    return t
+
+
+_TABLE = _byte_table()
+_TABLE_PY = _TABLE.tolist()
+
+# Distance tables are shared by every writer up to this distance (1 KiB each); layouts that
+# reach further (thousands of scalar tags in one event) get private tables for their variable
+# bytes only.
+_SHARED_DISTANCES = 4096
+_shared = np.empty((0, 256), np.uint32)
+
+
+def _advance(t: np.ndarray) -> np.ndarray:
+    """Moves every entry of a contribution table one zero byte further from the end."""
+    return _TABLE[t & 0xFF] ^ (t >> 8)
+
+
+def _shared_tables(distances: int) -> np.ndarray:
+    """The shared distance table, grown (in a new array, so old references stay valid)."""
+    global _shared
+    have = len(_shared)
+    if have < distances:
+        rows = np.empty((max(distances, min(2 * have, _SHARED_DISTANCES)), 256), np.uint32)
+        rows[:have] = _shared
+        t = _shared[-1] if have else None
+        for d in range(have, len(rows)):
+            t = _TABLE if t is None else _advance(t)
+            rows[d] = t
+        _shared = rows
+    return _shared
+
+
+def _tables_at(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(table, rows) such that table[rows[k], b] is the contribution at distances[k]."""
+    top = int(distances.max())
+    if top < _SHARED_DISTANCES:
+        return _shared_tables(top + 1), distances
+    shared = _shared_tables(_SHARED_DISTANCES)
+    order = np.argsort(distances, kind="stable")
+    out = np.empty((len(distances), 256), np.uint32)
+    d, t = _SHARED_DISTANCES - 1, shared[-1]
+    for k in order.tolist():
+        want = int(distances[k])
+        if want < _SHARED_DISTANCES:
+            out[k] = shared[want]
+            continue
+        while d < want:
+            t, d = _advance(t), d + 1
+        out[k] = t
+    return out, np.arange(len(distances))
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C of `data` (vectorised through the distance tables for medium-sized inputs)."""
+    n = len(data)
+    if n < 64 or n > _SHARED_DISTANCES:  # below 64 bytes plain Python beats numpy's overhead
+        crc = _MASK32
+        for b in data:
+            crc = _TABLE_PY[(crc ^ b) & 0xFF] ^ (crc >> 8)
+        return crc ^ _MASK32
+    tab = _shared_tables(n)
+    dist = np.arange(n - 1, -1, -1)
+    crc = int(np.bitwise_xor.reduce(tab[dist, np.frombuffer(data, np.uint8)]))
+    # The initial register 0xFFFFFFFF acts like 0xFF XORed into the first four bytes.
+    init = tab[n - 1, 255] ^ tab[n - 2, 255] ^ tab[n - 3, 255] ^ tab[n - 4, 255]
+    return crc ^ int(init) ^ _MASK32
+
+
+def _masked(crc: int) -> int:
+    return ((((crc >> 15) | (crc << 17)) & _MASK32) + _MASK_DELTA) & _MASK32
+
+
+def _record(data: bytes) -> bytes:
+    """One TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
+    header = struct.pack("<Q", len(data))
+    return b"".join(
+        (
+            header,
+            struct.pack("<I", _masked(_crc32c(header))),
+            data,
+            struct.pack("<I", _masked(_crc32c(data))),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte templates. A layout is (bytes, positions of the variable bytes within them).
+
+_Layout = tuple[bytes, np.ndarray]
+_NONE = np.empty(0, np.intp)
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int64 are encoded as their two's complement, like protobuf
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _fixed(data: bytes) -> _Layout:
+    return data, _NONE
+
+
+def _slot(nbytes: int) -> _Layout:
+    return bytes(nbytes), np.arange(nbytes)
+
+
+def _cat(*parts: _Layout) -> _Layout:
+    data, positions, at = [], [], 0
+    for part, pos in parts:
+        data.append(part)
+        positions.append(pos + at)
+        at += len(part)
+    return b"".join(data), np.concatenate(positions)
+
+
+def _field(key: int, part: _Layout) -> _Layout:
+    """A length-delimited field (key = field number << 3 | 2) wrapping `part`."""
+    return _cat(_fixed(bytes([key]) + _varint(len(part[0]))), part)
+
+
+def _event_tail(value: _Layout) -> _Layout:
+    """Event bytes after the step: wall_time (double, variable) and a one-value summary."""
+    return _cat(_fixed(b"\x09"), _slot(8), _field(0x2A, _field(0x0A, value)))
+
+
+def _tag(tag: str) -> _Layout:
+    if not isinstance(tag, str) or not tag:
+        raise ValueError(f"tags must be non-empty strings, got {tag!r}")
+    return _field(0x0A, _fixed(tag.encode()))
+
+
+def _scalars_tail(tags: tuple[str, ...]) -> _Layout:
+    # Summary.value is repeated: one Value(tag=1, simple_value=2 as float32) per tag.
+    values = [_field(0x0A, _cat(_tag(tag), _fixed(b"\x15"), _slot(4))) for tag in tags]
+    return _cat(_fixed(b"\x09"), _slot(8), _field(0x2A, _cat(*values)))
+
+
+def _histogram_tail(tag: str, buckets: int) -> _Layout:
+    # HistogramProto: min, max, num, sum, sum_squares (doubles 1-5), then bucket_limit and
+    # bucket as packed doubles (fields 6, 7); Value.histo is field 5.
+    doubles = [_cat(_fixed(bytes([field << 3 | 1])), _slot(8)) for field in range(1, 6)]
+    histo = _cat(*doubles, _field(0x32, _slot(8 * buckets)), _field(0x3A, _slot(8 * buckets)))
+    return _event_tail(_cat(_tag(tag), _field(0x2A, histo)))
+
+
+class _Batch:
+    """Pending events sharing one byte template: only step, wall time and a fixed-size numeric
+    payload (float32 scalars or float64 histogram fields) differ from one row to the next.
+
+    `finish(payload)`, if set, completes the pending payload rows in place just before encoding
+    (histograms derive their bucket limits there, for all rows at once).
+    """
+
+    def __init__(self, tail: _Layout, width: int, dtype: str, finish=None) -> None:
+        # Variable bytes: the wall time (tail bytes 1..8) then the payload, in payload order.
+        self.tail, self.var_pos = tail
+        self.width, self.dtype, self.finish = width, np.dtype(dtype).newbyteorder("<"), finish
+        assert len(self.var_pos) == 8 + width * self.dtype.itemsize
+        nt = len(self.tail)
+        # Step varint byte j of m sits (m - 1 - j) bytes before the tail: distances nt..nt+9.
+        distances = np.concatenate([nt - 1 - self.var_pos, nt + np.arange(10)])
+        table, rows = _tables_at(distances)
+        # Look-ups go through flat indices (row * 256 + byte): much faster than 2-D fancy indexing.
+        self.table = table.reshape(-1)
+        bases = rows.astype(np.intp) * 256
+        self.var_base, self.step_base = bases[: len(self.var_pos)], bases[len(self.var_pos) :]
+        # Rows per encoding chunk, so the (rows x variable bytes) temporaries stay in cache.
+        self.chunk = max(1, (1 << 17) // len(self.var_pos))
+        self.templates: dict[int, tuple[np.ndarray, int]] = {}
+        self.n = 0
+        self._allocate(16)
+
+    def _allocate(self, capacity: int) -> None:
+        old = (self.steps[: self.n], self.walls[: self.n], self.payload[: self.n]) if self.n else ()
+        self.steps = np.empty(capacity, np.int64)
+        self.walls = np.empty(capacity, np.float64)
+        self.payload = np.empty((capacity, self.width), self.dtype)
+        if old:
+            self.steps[: self.n], self.walls[: self.n], self.payload[: self.n] = old
+
+    def next_row(self) -> np.ndarray:
+        """The payload row the next `commit` will add, for the caller to fill first (so a
+        failed fill leaves no half-written row behind)."""
+        if self.n == len(self.steps):
+            self._allocate(2 * self.n)
+        return self.payload[self.n]
+
+    def commit(self, step: int, wall: float) -> None:
+        """Adds the row filled through `next_row`."""
+        self.steps[self.n], self.walls[self.n] = step, wall
+        self.n += 1
+
+    def extend(self, steps: np.ndarray, walls: np.ndarray, payload: np.ndarray) -> None:
+        i, k = self.n, len(steps)
+        if i + k > len(self.steps):
+            self._allocate(max(2 * len(self.steps), i + k))
+        self.steps[i : i + k] = steps
+        self.walls[i : i + k] = walls
+        self.payload[i : i + k] = payload
+        self.n = i + k
+
+    def _template(self, m: int) -> tuple[np.ndarray, int]:
+        """Record bytes for an m-byte step varint with zeroed variable bytes, and its data CRC."""
+        if m not in self.templates:
+            data = b"\x10" + bytes(m) + self.tail
+            header = struct.pack("<Q", len(data))
+            row = header + struct.pack("<I", _masked(_crc32c(header))) + data + bytes(4)
+            self.templates[m] = (np.frombuffer(row, np.uint8), _crc32c(data))
+        return self.templates[m]
+
+    def drain(self) -> tuple[memoryview, np.ndarray]:
+        """Encodes and forgets the pending rows: (bytes, offsets of rows 0..n in them)."""
+        k = self.n
+        steps, walls, payload = self.steps[:k], self.walls[:k], self.payload[:k]
+        self.n = 0
+        if self.finish is not None:
+            self.finish(payload)
+        lo, hi = int(steps.min()), int(steps.max())
+        if lo >= 0 and len(_varint(lo)) == len(_varint(hi)):  # one layout, rows back to back
+            m = len(_varint(lo))
+            out = np.empty((k, 17 + len(self.tail) + m), np.uint8)
+            for a in range(0, k, self.chunk):
+                b = a + self.chunk
+                self._encode(m, steps[a:b], walls[a:b], payload[a:b], out[a:b])
+            return memoryview(out).cast("B"), np.arange(k + 1) * out.shape[1]
+        # Varint length of each step: one byte per started 7 bits (10 for negative steps).
+        lengths = np.ones(k, np.intp)
+        for shift in range(7, 64, 7):
+            lengths += (steps.view(np.uint64) >> np.uint64(shift)) != 0
+        offsets = np.concatenate([[0], np.cumsum(17 + len(self.tail) + lengths)])
+        flat = np.empty(offsets[-1], np.uint8)
+        for m in np.flatnonzero(np.bincount(lengths)).tolist():  # (np.unique imports numpy.ma)
+            idx = np.flatnonzero(lengths == m)
+            out = np.empty((len(idx), 17 + len(self.tail) + m), np.uint8)
+            self._encode(m, steps[idx], walls[idx], payload[idx], out)
+            flat[offsets[idx][:, None] + np.arange(out.shape[1])] = out
+        return memoryview(flat), offsets
+
+    def _encode(self, m: int, steps, walls, payload, out: np.ndarray) -> None:
+        """Fills `out` (rows x record bytes) with the records of these rows."""
+        template, base_crc = self._template(m)
+        k = len(steps)
+        out[:] = template
+        shifts = np.arange(0, 7 * m, 7, dtype=np.uint64)
+        step_bytes = ((steps.view(np.uint64)[:, None] >> shifts) & 0x7F).astype(np.uint8)
+        step_bytes[:, :-1] |= 0x80
+        out[:, 13 : 13 + m] = step_bytes
+        var = np.empty((k, len(self.var_pos)), np.uint8)
+        var[:, :8] = walls.astype("<f8", copy=False).view(np.uint8).reshape(k, 8)
+        var[:, 8:] = payload.view(np.uint8)
+        out[:, 13 + m + self.var_pos] = var
+        # CRC = CRC(template) ^ one table entry per variable byte (step byte j of m is at
+        # distance nt + m - 1 - j).
+        crc = np.bitwise_xor.reduce(self.table[self.var_base + var], axis=1)
+        crc ^= np.bitwise_xor.reduce(self.table[self.step_base[m - 1 :: -1] + step_bytes], axis=1)
+        crc ^= np.uint32(base_crc)
+        crc = ((crc >> 15) | (crc << 17)) + np.uint32(_MASK_DELTA)
+        out[:, -4:] = crc.astype("<u4").view(np.uint8).reshape(k, 4)
+
+
+def _bucket_limits(payload: np.ndarray) -> np.ndarray:
+    """Fills the bucket_limit columns of pending histogram rows: equal widths from min to max."""
+    buckets = (payload.shape[1] - 5) // 2
+    lo, hi = payload[:, :1], payload[:, 1:2]
+    with np.errstate(over="ignore"):  # halves: a spread near the float64 maximum stays finite
+        step = (hi * 0.5 - lo * 0.5) * (2 / buckets)
+    limits = payload[:, 5 : 5 + buckets]
+    np.multiply(step, np.arange(1, buckets + 1), out=limits)
+    limits += lo
+    limits[:, -1] = hi[:, 0]  # exactly the maximum, as TensorBoard reads the last edge as max
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class EventWriter:
+    """Appends TensorBoard events to one new event file in `log_dir`.
+
+    Events are buffered in memory and reach the file only on `flush()` / `close()`, in the
+    order they were added. Not thread-safe.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, filename_suffix: str = "") -> None:
+        self.log_dir = os.fspath(log_dir)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._fd = -1
+        while self._fd < 0:  # O_EXCL + a per-process counter: unique even within one second
+            name = (
+                f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+                f"{os.getpid()}.{next(_UID)}{filename_suffix}"
+            )
+            path = os.path.join(self.log_dir, name)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:
+                continue
+        self.path = path
+        # Batches by tag tuple (scalars) or (tag, buckets) (histograms); the queue keeps call
+        # order: [batch, rows] runs and [None, record bytes] items.
+        self._batches: dict[object, _Batch] = {}
+        self._queue: list[list] = []
+        self._last_tags: object = None
+        self._last_batch: _Batch | None = None
+        self._hparams_started = False
+        version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+        self._write(_record(version.SerializeToString()))
+
+    # -- scalars ------------------------------------------------------------------------------
+
+    def _scalar_batch(self, tags: Sequence[str]) -> _Batch:
+        # Tuples are immutable, so the same tuple object as last time needs no lookup.
+        if tags is self._last_tags:
+            return self._last_batch
+        key = tuple(tags)
+        batch = self._batches.get(key)
+        if batch is None:
+            if len(set(key)) != len(key) or not key:
+                raise ValueError(f"tags must be distinct and non-empty: {key!r}")
+            batch = self._batches[key] = _Batch(_scalars_tail(key), len(key), "f4")
+        if type(tags) is tuple:
+            self._last_tags, self._last_batch = tags, batch
+        return batch
+
+    def _enqueue(self, batch: _Batch, rows: int) -> None:
+        q = self._queue
+        if q and q[-1][0] is batch:
+            q[-1][1] += rows
+        else:
+            q.append([batch, rows])
+
+    def add_scalars(
+        self,
+        step: int,
+        tags: Sequence[str],
+        values: Sequence[float] | np.ndarray,
+        wall_time: float | None = None,
+    ) -> None:
+        """One event at `step` holding one simple_value (float32) per tag (the fast path).
+
+        The values are copied, so arrays may be updated in place afterwards. Pass the same
+        tuple of tags each time to skip the tag lookup.
+        """
+        self._check_open()
+        batch = self._scalar_batch(tags)
+        if len(values) != batch.width:
+            raise ValueError(f"{len(values)} values for {batch.width} tags")
+        batch.next_row()[:] = values
+        batch.commit(operator.index(step), time.time() if wall_time is None else wall_time)
+        self._enqueue(batch, 1)
+
+    def add_scalar_rows(
+        self,
+        steps: np.ndarray,
+        tags: Sequence[str],
+        values: np.ndarray,
+        wall_times: np.ndarray | None = None,
+    ) -> None:
+        """Bulk: values has shape (K, len(tags)); one event per row, in row order.
+
+        Without `wall_times` every row gets the current time.
+        """
+        self._check_open()
+        batch = self._scalar_batch(tags)
+        steps = np.asarray(steps)
+        values = np.asarray(values)
+        k = len(steps)
+        if steps.shape != (k,) or values.shape != (k, batch.width):
+            raise ValueError(
+                f"need steps (K,) and values (K, {batch.width}); "
+                f"got {steps.shape} and {values.shape}"
+            )
+        if k and not np.issubdtype(steps.dtype, np.integer):
+            raise TypeError(f"steps must be integers, got {steps.dtype}")
+        walls = time.time() if wall_times is None else np.asarray(wall_times, np.float64)
+        if k:
+            batch.extend(steps, walls, values)
+            self._enqueue(batch, k)
+
+    # -- histograms ---------------------------------------------------------------------------
+
+    def add_histogram(
+        self, tag: str, values: np.ndarray, step: int, wall_time: float | None = None
+    ) -> None:
+        """Histogram of all elements, as a HistogramProto (min/max/num/sum/sum_squares and
+        HISTOGRAM_BUCKETS equal-width buckets; one bucket if all values are equal).
+
+        Non-finite elements are left out of every statistic; if nothing finite remains no
+        event is written (a diverged run must not crash in its logging).
+        """
+        self._check_open()
+        a = np.asarray(values, dtype=np.float64).ravel()
+        if a.size == 0:
+            raise ValueError(f"histogram {tag!r}: no values")
+        total = a.sum()
+        if not math.isfinite(total):  # some element is inf or nan (or the sum overflowed)
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                return
+            total = a.sum()
+        lo, hi = float(a.min()), float(a.max())
+        buckets = 1 if lo == hi else HISTOGRAM_BUCKETS
+        batch = self._histogram_batch(tag, buckets)
+        row = batch.next_row()
+        row[:5] = lo, hi, a.size, total, a @ a
+        if buckets == 1:
+            row[5:] = hi, a.size
+        else:  # counts now, limits at flush (_bucket_limits)
+            scale = buckets / (hi - lo)
+            if not (math.isfinite(scale) and math.isfinite(hi - lo)):
+                # Extreme ranges: rescale first so neither the spread nor its inverse overflows.
+                m = max(abs(lo), abs(hi))
+                a, lo, scale = a / m, lo / m, buckets / (hi / m - lo / m)
+            idx = ((a - lo) * scale).astype(np.intp)
+            np.minimum(idx, buckets - 1, out=idx)  # the maximum belongs to the last bucket
+            row[5 + buckets :] = np.bincount(idx, minlength=buckets)
+        batch.commit(operator.index(step), time.time() if wall_time is None else wall_time)
+        self._enqueue(batch, 1)
+
+    def add_histogram_rows(
+        self,
+        tag: str,
+        steps: np.ndarray,
+        values: np.ndarray,
+        wall_times: np.ndarray | None = None,
+    ) -> None:
+        """Bulk add_histogram: one histogram per step of the elements of `values[i]` (shape
+        (K, ...)); the same events as K add_histogram calls, computed for all rows at once."""
+        self._check_open()
+        steps = np.asarray(steps)
+        k = len(steps)
+        if k == 0:
+            return
+        a = np.asarray(values, dtype=np.float64).reshape(k, -1)
+        walls = np.full(k, time.time()) if wall_times is None else np.asarray(wall_times, float)
+        if steps.shape != (k,) or walls.shape != (k,) or a.shape[1] == 0:
+            raise ValueError(f"need steps (K,) and values (K, n>0); got {steps.shape}, {a.shape}")
+        if not np.issubdtype(steps.dtype, np.integer):
+            raise TypeError(f"steps must be integers, got {steps.dtype}")
+        buckets = HISTOGRAM_BUCKETS
+        lo, hi = a.min(axis=1), a.max(axis=1)
+        with np.errstate(all="ignore"):
+            spread = hi - lo
+            scale = buckets / spread
+        if not (np.isfinite(scale).all() and np.isfinite(spread).all()):
+            # Constant rows, non-finite elements, extreme ranges: the one-row path handles them.
+            for i in range(k):
+                self.add_histogram(tag, a[i], int(steps[i]), walls[i])
+            return
+        payload = np.empty((k, 5 + 2 * buckets))
+        payload[:, 0], payload[:, 1], payload[:, 2] = lo, hi, a.shape[1]
+        payload[:, 3], payload[:, 4] = a.sum(axis=1), np.einsum("ij,ij->i", a, a)
+        idx = ((a - lo[:, None]) * scale[:, None]).astype(np.intp)
+        np.minimum(idx, buckets - 1, out=idx)
+        idx += np.arange(0, k * buckets, buckets)[:, None]  # row i counts into its own range
+        payload[:, 5 + buckets :] = np.bincount(idx.ravel(), minlength=k * buckets).reshape(k, -1)
+        batch = self._histogram_batch(tag, buckets)
+        batch.extend(steps, walls, payload)
+        self._enqueue(batch, k)
+
+    def _histogram_batch(self, tag: str, buckets: int) -> _Batch:
+        batch = self._batches.get((tag, buckets))
+        if batch is None:
+            finish = None if buckets == 1 else _bucket_limits
+            batch = _Batch(_histogram_tail(tag, buckets), 5 + 2 * buckets, "f8", finish)
+            self._batches[tag, buckets] = batch
+        return batch
+
+    # -- text and hparams (rare: plain protobuf) -------------------------------------------------
+
+    def _add_summary(self, value: summary_pb2.Summary.Value, step: int = 0) -> None:
+        self._check_open()
+        event = event_pb2.Event(
+            wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=[value])
+        )
+        self._queue.append([None, _record(event.SerializeToString())])
+
+    def add_text(self, tag: str, text: str, step: int = 0) -> None:
+        """Markdown `text`, shown in TensorBoard's Text tab (a string tensor + text metadata)."""
+        from tensorboard.plugins.text import metadata as text_metadata
+
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[text.encode()],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),  # a scalar, as tf.summary.text
+        )
+        meta = text_metadata.create_summary_metadata(display_name=tag, description="")
+        self._add_summary(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor), step)
+
+    def _add_hparams_summary(self, tag: str, **plugin_data) -> None:
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        content = plugin_data_pb2.HParamsPluginData(version=0, **plugin_data)
+        meta = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                plugin_name=_HPARAMS_PLUGIN, content=content.SerializeToString()
+            )
+        )
+        # Like the plugin's own writer: an empty float vector, only the metadata matters.
+        null = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)]
+            ),
+        )
+        self._add_summary(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=null))
+
+    def add_hparams(
+        self, hparams: Mapping[str, float | int | str | bool], metric_tags: Sequence[str]
+    ) -> None:
+        """Writes the HParams experiment and session-start summaries into this same run.
+
+        The run directory is the session (unlike torch's add_hparams, no sub-run). Metrics are
+        whatever scalars the caller later writes under `metric_tags`. Once per writer.
+        """
+        from google.protobuf import struct_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+        if self._hparams_started:
+            raise RuntimeError("add_hparams was already called for this writer")
+        infos, values = [], {}
+        for name, v in hparams.items():
+            if isinstance(v, (bool, np.bool_)):
+                kind, values[name] = api_pb2.DATA_TYPE_BOOL, struct_pb2.Value(bool_value=bool(v))
+            elif isinstance(v, numbers.Real):
+                kind = api_pb2.DATA_TYPE_FLOAT64
+                values[name] = struct_pb2.Value(number_value=float(v))
+            elif isinstance(v, str):
+                kind, values[name] = api_pb2.DATA_TYPE_STRING, struct_pb2.Value(string_value=v)
+            else:
+                raise TypeError(f"hparam {name!r}: {type(v).__name__} is not bool/number/str")
+            infos.append(api_pb2.HParamInfo(name=name, type=kind))
+        now = time.time()
+        experiment = api_pb2.Experiment(
+            time_created_secs=now,
+            hparam_infos=infos,
+            metric_infos=[
+                api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=t)) for t in metric_tags
+            ],
+        )
+        start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=now)
+        self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
+        self._add_hparams_summary(_HPARAMS_SESSION_START_TAG, session_start_info=start)
+        self._hparams_started = True
+
+    def end_hparams_session(self, status: str = "success") -> None:
+        """Session-end summary; `status` is one of success/failure/running/unknown."""
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+        statuses = ("success", "failure", "running", "unknown")
+        if status not in statuses:
+            raise ValueError(f"status must be one of {statuses}, got {status!r}")
+        if not self._hparams_started:
+            raise RuntimeError("end_hparams_session without add_hparams")
+        end = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.Status.Value("STATUS_" + status.upper()), end_time_secs=time.time()
+        )
+        self._add_hparams_summary(_HPARAMS_SESSION_END_TAG, session_end_info=end)
+
+    # -- file ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise ValueError(f"EventWriter for {self.path} is closed")
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def flush(self) -> None:
+        """Encodes everything added so far and writes it with one os.write (no fsync)."""
+        if self._fd < 0 or not self._queue:
+            return
+        queue, self._queue = self._queue, []
+        encoded: dict[int, tuple[memoryview, np.ndarray]] = {}
+        for batch, _ in queue:
+            if batch is not None and id(batch) not in encoded:
+                encoded[id(batch)] = batch.drain()
+        used: dict[int, int] = {}
+        parts = []
+        for batch, item in queue:
+            if batch is None:
+                parts.append(item)
+                continue
+            data, offsets = encoded[id(batch)]
+            first = used.get(id(batch), 0)
+            used[id(batch)] = first + item
+            parts.append(data[offsets[first] : offsets[first + item]])
+        self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self) -> None:
+        """Flushes and closes the file; later calls do nothing."""
+        if self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,36 @@
+"""The nn.Modules of the optim loop (kept apart so that runner.models never imports torch)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ScalarModule(nn.Module):
+    """y = w * x for x of shape (N, 1); returns (N,)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * x[:, 0]
+
+
+class _LinearToVector(nn.Linear):
+    """nn.Linear(F, 1) whose output (N, 1) is returned as (N,), the shape of the targets."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, 0]
+
+
+def linear_module(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """nn.Linear with the given initial weight [1, F] (and bias [1]) copied in."""
+    module = _LinearToVector(
+        weight.shape[1], 1, bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module

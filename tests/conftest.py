@@ -1,0 +1,18 @@
+"""Fixtures shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import train
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """train() with a fresh directory under tmp_path per call."""
+    counter = iter(range(1_000_000))
+
+    def _train(*overrides: str):
+        return train(tmp_path / f"run{next(counter)}", *overrides)
+
+    return _train

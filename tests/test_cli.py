@@ -1,0 +1,200 @@
+"""The real command line, in subprocesses, as users run it (slow: each start imports torch)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadratic_bowl"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs_through_the_cli(tmp_path, preset):
+    result = run_cli(f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("completed: ") and str(tmp_path / "run") in last
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert summary["status"] == "completed"
+    assert summary["steps_completed"] == len(metrics) == metrics["step"].iloc[-1]
+    assert summary["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
+    assert "Traceback" not in result.stderr
+
+
+def test_default_run_writes_a_unique_directory_under_outputs(tmp_path):
+    first = run_cli("train.steps=3", cwd=tmp_path)
+    second = run_cli("train.steps=3", cwd=tmp_path)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    runs = sorted(p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json"))
+    assert len(runs) == 2  # even when both start in the same second
+    for run in runs:
+        assert (run / ".hydra" / "config.yaml").exists()
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_the_issue_example_overrides(tmp_path):
+    result = run_cli(
+        "loop=numpy",
+        "optimizer=adam",
+        "optimizer.lr=0.05",
+        "model=linear",
+        "data=synthetic",
+        "data.n_features=3",
+        "train.batch_size=8",
+        "train.dtype=float64",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert [c for c in metrics.columns if c.startswith("param/")] == [
+        "param/weight/0",
+        "param/weight/1",
+        "param/weight/2",
+        "param/bias",
+    ]
+
+
+def test_user_csv_data(tmp_path):
+    (tmp_path / "prices.csv").write_text("size,age,price\n50,10,150\n80,5,260\n65,30,170\n")
+    result = run_cli(
+        "data=csv",
+        "data.path=prices.csv",
+        "data.features=[size,age]",
+        "data.target=price",
+        "model=linear",
+        "optimizer=adam",
+        "optimizer.lr=0.5",
+        "train.steps=50",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["overrides"][:2] == ["data=csv", "data.path=prices.csv"]
+    assert len(summary["params"]["weight"][0]) == 2
+
+
+def test_multirun_sweeps_learning_rates(tmp_path):
+    result = run_cli(
+        "-m",
+        "optimizer.lr=0.001,0.01",
+        "train.steps=5",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lrs = sorted(pd.read_csv(p)["lr"].iloc[0] for p in (tmp_path / "sweep").glob("*/metrics.csv"))
+    assert lrs == [0.001, 0.01]
+
+
+def test_help_lists_every_shipped_option(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    groups = {
+        line.split(":")[0]: line.split(":", 1)[1]
+        for line in result.stdout.split("== Config groups ==")[1].split("Examples:")[0].splitlines()
+        if ":" in line
+    }
+    conf = REPO / "conf"
+    for group in ("model", "data", "loss", "optimizer", "loop", "device", "experiment"):
+        shipped = {p.stem for p in (conf / group).glob("*.yaml")}
+        listed = {word for word in groups[group].replace("|", " ").split() if word in shipped}
+        assert listed == shipped, group
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = run_cli("--cfg", "job", "optimizer=adam", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: runner.optim_rules.Adam" in result.stdout
+    assert "betas:" in result.stdout
+
+
+BAD = [
+    (
+        ["optimizer=adamx"],
+        "optimizer=adamx: expected one of adagrad, adam, adamw, lbfgs, rmsprop, sgd",
+    ),
+    (["loop=jax"], "loop=jax: expected one of autograd, numpy, optim"),
+    (
+        ["optimizer.lr=fast"],
+        "optimizer.lr=fast: Value 'fast' of type 'str' could not be converted to Float",
+    ),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0: expected a number > 0"),
+    (["train.steps=0"], "train.steps=0: expected an integer >= 1"),
+    (
+        ["train.dtype=float16"],
+        "train.dtype=float16: Invalid value 'float16', expected one of [float32, float64]",
+    ),
+    (
+        ["optimizer.momentun=0.9"],
+        "optimizer.momentun=0.9: unknown key; optimizer has: lr, momentum",
+    ),
+    (["loss=huber", "loss.delta=-2"], "loss.delta=-2.0: expected a number > 0"),
+    (
+        ["data=points", "data.x=[1,2]", "data.y=[1]"],
+        "data.y=[1.0]: expected as many values as data.x has rows (2)",
+    ),
+    (["data=synthetic", "data.n_features=2"], "model=scalar: expected data with one feature"),
+    (
+        ["data=csv", "data.path=missing.csv", "data.target=y"],
+        "data.path=missing.csv: expected an existing CSV file",
+    ),
+    (["data=csv", "data.target=y"], "data.path=???: expected a value"),
+    (
+        ["data=csv", "data.path=words.csv", "data.target=y"],
+        "data.path=words.csv: expected numbers in column 'x'; row 2 holds abc",
+    ),
+    (
+        ["data=csv", "data.path=nan.csv", "data.target=y"],
+        "expected finite numbers; x has nan at row 2, column 'x'",
+    ),
+    (
+        ["data=csv", "data.path=nan.csv", "data.target=price"],
+        "data.target=price: expected columns of nan.csv: ['x', 'y']",
+    ),
+    (
+        ["data=csv", "data.path=empty.csv", "data.target=y"],
+        "data.path=empty.csv: expected a readable CSV file with a header",
+    ),
+    (["device=cuda"], "device=cuda: expected a device present on this machine"),
+    (["optimizer=lbfgs", "loop=numpy"], "optimizer=lbfgs: expected with loop=optim only"),
+    (
+        ["experiment=nope"],
+        "experiment=nope: expected one of autograd_gd, linear_regression, numpy_gd",
+    ),
+    (["train.steps=[1"], "cannot parse the command line"),
+]
+
+
+@pytest.mark.parametrize(
+    "args,message", BAD, ids=lambda v: " ".join(v)[:50] if isinstance(v, list) else ""
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    if any(a.startswith("device=cuda") for a in args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    (tmp_path / "words.csv").write_text("x,y\n1,2\nabc,3\n")
+    (tmp_path / "nan.csv").write_text("x,y\n1,2\n,3\n")
+    (tmp_path / "empty.csv").write_text("")
+    result = run_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"runner: error: {message}"] or (
+        len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    result = run_cli("optimizer.lr=-1", cwd=tmp_path, HYDRA_FULL_ERROR="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr

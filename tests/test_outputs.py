@@ -1,0 +1,184 @@
+"""What a run leaves on disk, read back: metrics.csv, TensorBoard events, summary.json."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.helpers import REPO
+
+LINEAR3 = ["model=linear", "data=synthetic", "data.n_features=3", "train.dtype=float64"]
+
+
+def events(run_dir) -> EventAccumulator:
+    acc = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+    )
+    return acc.Reload()
+
+
+def test_csv_columns_follow_the_spec(runs):
+    _, metrics = runs(*LINEAR3, "train.steps=4")
+    assert list(metrics.columns) == [
+        "step", "loss", "lr",
+        "param/weight/0", "param/weight/1", "param/weight/2", "param/bias",
+        "grad/weight/0", "grad/weight/1", "grad/weight/2", "grad/bias",
+        "grad_norm",
+    ]  # fmt: skip
+    grads = metrics[[c for c in metrics.columns if c.startswith("grad/")]].to_numpy()
+    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(grads, axis=1), rtol=1e-12)
+    assert metrics["lr"].tolist() == [0.01] * 4
+
+
+def test_loss_is_before_and_params_after_each_update(runs):
+    # step 1 of the seed problem: loss at w=0 is 30, gradient -30, w after the update 0.3
+    _, metrics = runs("experiment=optim_gd", "train.dtype=float64", "train.steps=1")
+    assert metrics.iloc[0][["step", "loss", "param/weight", "grad/weight"]].tolist() == [
+        1, 30.0, 0.3, -30.0
+    ]  # fmt: skip
+
+
+def test_large_parameters_are_logged_as_norms(runs):
+    summary, metrics = runs(*LINEAR3, "data.n_features=20", "log.max_elements=16", "train.steps=3")
+    assert [c for c in metrics.columns if "weight" in c] == [
+        "param_norm/weight",
+        "grad_norm/weight",
+    ]
+    weight = np.array(summary["params"]["weight"])
+    assert weight.shape == (1, 20)
+    assert metrics["param_norm/weight"].iloc[-1] == pytest.approx(np.linalg.norm(weight))
+    assert "param/bias" in metrics.columns
+
+
+def test_every_n_steps_keeps_the_last_step(runs):
+    _, metrics = runs("train.steps=23", "log.every_n_steps=5")
+    assert metrics["step"].tolist() == [5, 10, 15, 20, 23]
+
+
+def test_tensorboard_holds_the_same_keys_and_values_as_the_csv(runs, tmp_path):
+    summary, metrics = runs(*LINEAR3, "train.steps=6", "train.dtype=float32")
+    run_dir = tmp_path / "run0"
+    acc = events(run_dir)
+    tags = acc.Tags()
+    metric_keys = [c for c in metrics.columns if c != "step"]
+    assert set(metric_keys) <= set(tags["scalars"])
+    for key in metric_keys:
+        scalars = acc.Scalars(key)
+        assert [s.step for s in scalars] == metrics["step"].tolist()
+        np.testing.assert_allclose([s.value for s in scalars], metrics[key], rtol=1e-6)
+    # histograms of the multi-element weight and its gradient, one per logged step
+    assert {"param/weight", "grad/weight"} <= set(tags["histograms"])
+    histos = acc.Histograms("param/weight")
+    assert len(histos) == 6 and histos[-1].histogram_value.num == 3
+    # the resolved config as text
+    config = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert "_target_: runner.models.LinearModel" in config
+    # the hparams metrics as scalars at the final step
+    final = acc.Scalars("hparams/final_loss")[-1]
+    assert final.step == 6 and final.value == pytest.approx(summary["final_loss"], rel=1e-6)
+
+
+def test_hparams_session_lives_in_the_run_directory(runs, tmp_path):
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    runs("optimizer=adam", "optimizer.lr=0.05", "train.steps=3")
+    run_dir = tmp_path / "run0"
+    assert [p.name for p in (run_dir / "tensorboard").iterdir() if p.is_dir()] == []  # no sub-run
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(run_dir))
+    mux.Reload()
+    content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    assert list(content) == ["tensorboard"]  # the run dir's own event file, not a subfolder
+    start = next(
+        plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info
+        for raw in content["tensorboard"].values()
+        if plugin_data_pb2.HParamsPluginData.FromString(raw).HasField("session_start_info")
+    )
+    assert start.hparams["optimizer"].string_value == "adam"
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.05)
+
+
+def test_summary_json(runs, tmp_path):
+    summary, metrics = runs("train.steps=7", "loop=numpy")
+    on_disk = json.loads((tmp_path / "run0" / "summary.json").read_text())
+    assert on_disk == summary
+    assert set(on_disk) == {
+        "status", "steps_completed", "final_loss", "best_loss", "params", "diverged_at_step",
+        "wall_s", "steps_per_s", "loop", "device", "overrides",
+    }  # fmt: skip
+    assert on_disk["status"] == "completed" and on_disk["steps_completed"] == 7
+    assert on_disk["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
+    assert on_disk["best_loss"] == pytest.approx(metrics["loss"].min(), rel=1e-6)
+    assert on_disk["params"]["weight"] == pytest.approx(metrics["param/weight"].iloc[-1], rel=1e-6)
+    assert on_disk["loop"] == "numpy" and on_disk["device"] == "cpu"
+    assert on_disk["diverged_at_step"] is None and on_disk["wall_s"] > 0
+
+
+@pytest.mark.parametrize("loop", ["numpy", "autograd", "optim"])
+def test_divergence_stops_at_once_and_keeps_what_was_logged(runs, tmp_path, loop):
+    # lr 1.0 on the seed line multiplies w - 2 by -14 each step: float32 overflows at step 35
+    summary, metrics = runs("optimizer.lr=1.0", f"loop={loop}", "train.steps=1000")
+    assert summary["status"] == "diverged"
+    n = summary["diverged_at_step"]
+    assert 10 < n < 1000 and summary["steps_completed"] == n
+    assert metrics["step"].tolist() == list(range(1, n + 1))  # every step up to it, none after
+    last = metrics.iloc[-1]
+    assert not np.isfinite(last[["loss", "param/weight", "grad/weight"]].to_numpy(float)).all()
+    assert np.isfinite(metrics.iloc[:-1][["loss"]].to_numpy()).all()
+    assert summary["best_loss"] == pytest.approx(metrics["loss"].min())
+
+
+def test_diverged_cli_run_says_so_and_exits_zero(tmp_path):
+    from tests.helpers import run_cli
+
+    result = run_cli("optimizer.lr=1.0", "train.steps=500", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "diverged at step" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "train.steps=100000000", "loop=numpy",
+         "log.flush_secs=1000", "hydra.run.dir=run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    csv = tmp_path / "run" / "metrics.csv"
+    deadline = time.monotonic() + 60
+    while not (csv.exists() and csv.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let it train for a while, with rows waiting in memory (flush_secs=1000)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    metrics = pd.read_csv(csv)
+    assert summary["status"] == "interrupted"
+    assert summary["steps_completed"] == len(metrics) > 100
+    assert metrics["step"].tolist() == list(range(1, len(metrics) + 1))
+    assert "Traceback" not in stderr
+
+
+def test_numpy_loop_never_imports_torch(tmp_path):
+    code = (
+        "import sys; from runner.cli import main; "
+        "sys.argv = ['runner', 'loop=numpy', 'model=linear', 'optimizer=adam', "
+        f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "tensorboard").is_dir()

@@ -1,0 +1,145 @@
+"""The three loops agree step for step (SPEC: float64 to 1e-10 relative, float32 to 1e-5, over at
+least 100 steps) for every optimizer and option that changes its rule, every loss, both models,
+mini-batches and several features. Loss, every parameter and every gradient are compared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import train
+
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+
+OPTIMIZERS = {
+    "sgd": ["optimizer=sgd", "optimizer.lr=0.02"],
+    "sgd_momentum": ["optimizer=sgd", "optimizer.momentum=0.9"],
+    "sgd_dampening": ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.dampening=0.5"],
+    "sgd_nesterov": ["optimizer=sgd", "optimizer.momentum=0.8", "optimizer.nesterov=true"],
+    "sgd_weight_decay": ["optimizer=sgd", "optimizer.weight_decay=0.1"],
+    "adam": ["optimizer=adam", "optimizer.lr=0.01"],
+    "adam_weight_decay": ["optimizer=adam", "optimizer.lr=0.01", "optimizer.weight_decay=0.1"],
+    "adam_amsgrad": ["optimizer=adam", "optimizer.lr=0.01", "optimizer.amsgrad=true"],
+    "adam_betas": ["optimizer=adam", "optimizer.lr=0.01", "optimizer.betas=[0.5,0.9]"],
+    "adamw": ["optimizer=adamw", "optimizer.lr=0.01"],
+    "adamw_amsgrad": ["optimizer=adamw", "optimizer.lr=0.01", "optimizer.amsgrad=true"],
+    "rmsprop": ["optimizer=rmsprop", "optimizer.lr=0.001"],
+    "rmsprop_centered": ["optimizer=rmsprop", "optimizer.lr=0.001", "optimizer.centered=true"],
+    "rmsprop_momentum": ["optimizer=rmsprop", "optimizer.lr=0.001", "optimizer.momentum=0.5"],
+    "rmsprop_centered_momentum_wd": [
+        "optimizer=rmsprop",
+        "optimizer.lr=0.001",
+        "optimizer.centered=true",
+        "optimizer.momentum=0.5",
+        "optimizer.weight_decay=0.05",
+    ],
+    "adagrad": ["optimizer=adagrad", "optimizer.lr=0.05"],
+    "adagrad_options": [
+        "optimizer=adagrad",
+        "optimizer.lr=0.05",
+        "optimizer.lr_decay=0.01",
+        "optimizer.initial_accumulator_value=0.1",
+        "optimizer.weight_decay=0.01",
+    ],
+}
+
+# Linear model, 3 features, noisy targets: gradients stay well away from zero for 100 steps.
+LINEAR = [
+    "model=linear",
+    "data=synthetic",
+    "data.n_features=3",
+    "data.n_samples=32",
+    "data.noise=0.5",
+]
+
+
+def trajectories(tmp_path, overrides, loops=("numpy", "autograd", "optim")):
+    out = {}
+    for loop in loops:
+        _, metrics = train(tmp_path / loop, f"loop={loop}", "log.tensorboard=false", *overrides)
+        out[loop] = metrics
+    return out
+
+
+def assert_loops_agree(frames: dict[str, pd.DataFrame], rtol: float) -> None:
+    reference = frames["optim"]
+    assert len(reference) >= 100
+    for loop, frame in frames.items():
+        assert list(frame.columns) == list(reference.columns)
+        for column in reference.columns:
+            a, b = frame[column].to_numpy(), reference[column].to_numpy()
+            # relative to each column's own scale, so values crossing zero are judged fairly
+            scale = np.max(np.abs(b))
+            np.testing.assert_allclose(
+                a, b, rtol=rtol, atol=rtol * scale, err_msg=f"{loop} vs optim: {column}"
+            )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_option(tmp_path, name, dtype):
+    frames = trajectories(
+        tmp_path, [*LINEAR, *OPTIMIZERS[name], "train.steps=120", f"train.dtype={dtype}"]
+    )
+    assert_loops_agree(frames, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber", "huber_small_delta"])
+@pytest.mark.parametrize("model", ["scalar", "linear"])
+def test_every_loss_and_model(tmp_path, loss, model, dtype):
+    loss_args = (
+        ["loss=huber", "loss.delta=0.3"] if loss == "huber_small_delta" else [f"loss={loss}"]
+    )
+    data = LINEAR[1:] if model == "linear" else ["data=synthetic", "data.noise=0.5"]
+    frames = trajectories(
+        tmp_path,
+        [
+            f"model={model}",
+            *data,
+            *loss_args,
+            "optimizer.lr=0.05",
+            "train.steps=100",
+            f"train.dtype={dtype}",
+        ],
+    )
+    assert_loops_agree(frames, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_mini_batches_are_the_same_in_every_loop(tmp_path, dtype):
+    frames = trajectories(
+        tmp_path,
+        [
+            *LINEAR,
+            "train.batch_size=5",
+            "optimizer=adam",
+            "optimizer.lr=0.02",
+            "train.steps=150",
+            f"train.dtype={dtype}",
+        ],
+    )
+    assert_loops_agree(frames, TOLERANCE[dtype])
+    # 32 samples in batches of 5: 7 batches an epoch, so losses are batch losses that jump
+    losses = frames["numpy"]["loss"].to_numpy()
+    assert not np.all(np.diff(losses) < 0)
+
+
+def test_linear_without_bias_and_default_init(tmp_path):
+    frames = trajectories(
+        tmp_path,
+        [
+            "model=linear",
+            "model.bias=false",
+            "model.init=null",
+            "data=synthetic",
+            "data.n_features=2",
+            "optimizer=sgd",
+            "optimizer.momentum=0.9",
+            "train.dtype=float64",
+            "train.steps=100",
+        ],
+    )
+    assert_loops_agree(frames, TOLERANCE["float64"])
+    assert "param/bias" not in frames["numpy"].columns

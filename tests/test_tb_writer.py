@@ -1,0 +1,424 @@
+"""runner.tb_writer, read back with TensorBoard's own readers (and torch's writer as an oracle)."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c, masked_crc32c
+
+from runner import tb_writer
+from runner.tb_writer import EventWriter
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_events(path: Path) -> list[event_pb2.Event]:
+    """Every record of one event file, with framing and both CRCs checked by TensorBoard's
+    own (independent) CRC-32C; fails on trailing bytes."""
+    data, events, pos = path.read_bytes(), [], 0
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        body = data[pos + 12 : pos + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        assert header_crc == masked_crc32c(header) and body_crc == masked_crc32c(body)
+        events.append(event_pb2.Event.FromString(body))
+        pos += 16 + length
+    assert pos == len(data)
+    return events
+
+
+def only_file(log_dir: Path) -> Path:
+    (path,) = log_dir.glob("events.out.tfevents.*")
+    return path
+
+
+def accumulate(log_dir: Path) -> event_accumulator.EventAccumulator:
+    """TensorBoard's legacy reader with every size guidance at 0 (= keep everything)."""
+    guidance = dict.fromkeys(event_accumulator.DEFAULT_SIZE_GUIDANCE, 0)
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance=guidance)
+    acc.Reload()
+    return acc
+
+
+def scalar_series(acc, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_crc32c_matches_tensorboard_reference():
+    rng = np.random.default_rng(0)
+    assert tb_writer._crc32c(b"123456789") == 0xE3069283  # the standard check value
+    # Both code paths: pure Python (short, or beyond the shared tables) and vectorised.
+    for n in (0, 1, 5, 63, 64, 65, 4095, 4096, 4097, 9000):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert tb_writer._crc32c(data) == crc32c(data), n
+
+
+def test_file_name_version_event_and_unique_names(tmp_path):
+    writers = [EventWriter(tmp_path, filename_suffix=".v2") for _ in range(3)]
+    for w in writers:
+        w.close()
+    names = {Path(w.path).name for w in writers}
+    assert len(names) == 3  # same process, same second
+    for name in names:
+        assert re.fullmatch(r"events\.out\.tfevents\.\d+\..+\.\d+\.\d+\.v2", name)
+    (first,) = read_events(Path(writers[0].path))
+    assert first.file_version == "brain.Event:2"
+
+
+def test_scalars_read_back_by_event_accumulator(tmp_path):
+    rng = np.random.default_rng(1)
+    tags = ("loss", "lr", "param/w[0]")
+    single = rng.normal(size=(5, 3))
+    rows = rng.normal(size=(200, 3)) * 1e3
+    with EventWriter(tmp_path) as w:
+        for step, values in enumerate(single):
+            w.add_scalars(step, tags, values, wall_time=1000.0 + step)
+        # Steps cross the 1 -> 2 byte varint boundary (127/128) within one flush.
+        w.add_scalar_rows(np.arange(50, 250), list(tags), rows, wall_times=np.arange(200.0) + 2e3)
+        w.flush()
+        w.add_scalars(250, tags, [1.0, 2.0, 3.0])  # after a flush, and a plain list
+
+    acc = accumulate(tmp_path)
+    assert sorted(acc.Tags()["scalars"]) == sorted(tags)
+    expected = np.vstack([single, rows, [[1.0, 2.0, 3.0]]]).astype(np.float32)
+    steps = [*range(5), *range(50, 250), 250]
+    for j, tag in enumerate(tags):
+        got = acc.Scalars(tag)
+        assert [e.step for e in got] == steps
+        np.testing.assert_array_equal([e.value for e in got], expected[:, j])
+        assert [e.wall_time for e in got[:205]] == [
+            *(1000.0 + np.arange(5)),
+            *(2e3 + np.arange(200)),
+        ]
+
+
+def test_scalars_identical_to_torch_summary_writer(tmp_path):
+    summary = pytest.importorskip("torch.utils.tensorboard")
+    rng = np.random.default_rng(2)
+    tags = ("loss", "grad/b")
+    values = rng.normal(size=(20, 2))
+    walls = 5e8 + np.arange(20.0)
+    with EventWriter(tmp_path / "ours") as w:
+        for i in range(10):
+            w.add_scalars(i, tags, values[i], wall_time=walls[i])
+        w.add_scalar_rows(np.arange(10, 20), tags, values[10:], wall_times=walls[10:])
+    oracle = summary.SummaryWriter(str(tmp_path / "torch"))
+    for i in range(20):
+        for j, tag in enumerate(tags):
+            oracle.add_scalar(tag, values[i, j], i, walltime=walls[i])
+    oracle.close()
+
+    ours, theirs = accumulate(tmp_path / "ours"), accumulate(tmp_path / "torch")
+    assert sorted(ours.Tags()["scalars"]) == sorted(theirs.Tags()["scalars"])
+    for tag in tags:
+        assert ours.Scalars(tag) == theirs.Scalars(tag)  # wall_time, step, value
+
+
+def test_events_keep_call_order_across_kinds(tmp_path):
+    with EventWriter(tmp_path) as w:
+        w.add_scalars(1, ("a", "b"), [1, 2])
+        w.add_histogram("h", np.arange(4.0), 1)
+        w.add_scalars(1, ("c",), [3])
+        w.add_scalars(2, ("a", "b"), [4, 5])
+        w.add_text("t", "hi", 2)
+        w.add_scalar_rows(np.array([3, 4]), ("a", "b"), np.array([[6, 7], [8, 9]]))
+        w.add_histogram("h", np.arange(4.0), 4)
+    got = [(e.step, [v.tag for v in e.summary.value]) for e in read_events(only_file(tmp_path))]
+    assert got[1:] == [
+        (1, ["a", "b"]),
+        (1, ["h"]),
+        (1, ["c"]),
+        (2, ["a", "b"]),
+        (2, ["t"]),
+        (3, ["a", "b"]),
+        (4, ["a", "b"]),
+        (4, ["h"]),
+    ]
+
+
+def test_extreme_steps_many_tags_and_copied_values(tmp_path):
+    # Every step varint length in one flush, negative steps (10 bytes), and a layout too long
+    # for the shared CRC tables (private ones are built).
+    steps = [0, 127, 128, 16384, 2**31, 2**62, -1, -(2**40), 5]
+    tags = tuple(f"layer{i}/weight_element_{i:05d}" for i in range(200))
+    assert len(tb_writer._scalars_tail(tags)[0]) > tb_writer._SHARED_DISTANCES
+    values = np.arange(200.0)
+    with EventWriter(tmp_path) as w:
+        for step in steps:
+            w.add_scalars(step, tags, values)
+            values += 0.5  # in place: what was added must not change
+        w.add_scalars(7, tags[:1], np.array([2.5]))
+    events = read_events(only_file(tmp_path))[1:]
+    assert [e.step for e in events] == [*steps, 7]
+    for i, event in enumerate(events[:-1]):
+        assert [v.tag for v in event.summary.value] == list(tags)
+        assert [v.simple_value for v in event.summary.value] == list(np.arange(200.0) + 0.5 * i)
+
+
+def test_bad_scalar_calls_raise(tmp_path):
+    with EventWriter(tmp_path) as w:
+        with pytest.raises(ValueError):
+            w.add_scalars(0, ("a", "b"), [1.0])
+        with pytest.raises(ValueError):
+            w.add_scalars(0, ("a", "a"), [1.0, 2.0])
+        with pytest.raises(ValueError):
+            w.add_scalar_rows(np.arange(3), ("a",), np.zeros((2, 1)))
+        with pytest.raises(TypeError):
+            w.add_scalars(1.5, ("a",), [1.0])
+        with pytest.raises(ValueError):
+            w.add_scalars(1, ("a",), ["not a number"])
+        w.add_scalars(2, ("a",), [2.0])
+    w.close()  # idempotent
+    with pytest.raises(ValueError):
+        w.add_scalars(0, ("a",), [1.0])
+    # Failed calls left no half-written row behind.
+    events = read_events(only_file(tmp_path))[1:]
+    assert [(e.step, e.summary.value[0].simple_value) for e in events] == [(2, 2.0)]
+
+
+def test_histograms(tmp_path):
+    from tensorboard import data_compat
+    from tensorboard.util import tensor_util
+
+    x = np.random.default_rng(3).normal(size=(7, 9))
+    with EventWriter(tmp_path) as w:
+        w.add_histogram("w", x, 5)
+        w.add_histogram("w", x * 2, 6)
+        w.add_histogram("const", np.full(4, 2.5), 5)
+        w.add_histogram("partly_nan", np.array([1.0, np.nan, np.inf, 3.0]), 5)
+        w.add_histogram("all_nan", np.array([np.nan, -np.inf]), 5)  # skipped, no crash
+        with pytest.raises(ValueError):
+            w.add_histogram("empty", np.array([]), 5)
+
+    acc = accumulate(tmp_path)
+    assert sorted(acc.Tags()["histograms"]) == ["const", "partly_nan", "w"]
+    for event, data in zip(acc.Histograms("w"), (x, x * 2), strict=True):
+        h, flat = event.histogram_value, data.ravel()
+        assert (h.min, h.max, h.num) == (flat.min(), flat.max(), flat.size)
+        assert h.sum == pytest.approx(flat.sum(), rel=1e-12)
+        assert h.sum_squares == pytest.approx((flat**2).sum(), rel=1e-12)
+        assert sum(h.bucket) == h.num
+        counts, edges = np.histogram(flat, bins=tb_writer.HISTOGRAM_BUCKETS)
+        np.testing.assert_array_equal(h.bucket, counts)
+        np.testing.assert_allclose(h.bucket_limit, edges[1:], rtol=1e-12)
+        assert h.bucket_limit[-1] == h.max
+    const = acc.Histograms("const")[0].histogram_value
+    assert (const.min, const.max, const.num, const.bucket_limit, const.bucket) == (
+        2.5,
+        2.5,
+        4,
+        [2.5],
+        [4],
+    )
+    nan = acc.Histograms("partly_nan")[0].histogram_value
+    assert (nan.min, nan.max, nan.num, nan.sum, sum(nan.bucket)) == (1, 3, 2, 4, 2)
+
+    # What the histogram dashboard does with it: [left, right, count] buckets spanning min..max.
+    (value,) = read_events(only_file(tmp_path))[1].summary.value
+    buckets = tensor_util.make_ndarray(data_compat.migrate_value(value).tensor)
+    assert buckets.shape == (tb_writer.HISTOGRAM_BUCKETS, 3)
+    assert buckets[0, 0] == np.float32(x.min()) and buckets[-1, 1] == np.float32(x.max())
+    assert buckets[:, 2].sum() == x.size
+    assert (np.diff(buckets[:, :2].ravel()) >= 0).all()
+
+
+def test_histogram_rows_equal_one_call_per_row(tmp_path):
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(size=(6, 2, 3)), np.stack([np.ones((2, 3)), rng.normal(size=(2, 3))])]
+    batches[1][1, 0, 0] = np.nan  # constant and non-finite rows take the one-row path
+    for name in ("bulk", "single"):
+        with EventWriter(tmp_path / name) as w:
+            for i, values in enumerate(batches):
+                steps = np.arange(len(values)) + 10 * i
+                walls = 100.0 + steps
+                if name == "bulk":
+                    w.add_histogram_rows("w", steps, values, wall_times=walls)
+                else:
+                    for step, row, wall in zip(steps, values, walls, strict=True):
+                        w.add_histogram("w", row, int(step), wall_time=wall)
+    bulk = read_events(only_file(tmp_path / "bulk"))[1:]
+    single = read_events(only_file(tmp_path / "single"))[1:]
+    assert len(bulk) == len(single) == 8
+    for ours, theirs in zip(bulk, single, strict=True):
+        # Row-wise and one-by-one sums of squares may round differently in the last bit.
+        a, b = ours.summary.value[0].histo, theirs.summary.value[0].histo
+        assert a.sum_squares == pytest.approx(b.sum_squares, rel=1e-14)
+        a.sum_squares = b.sum_squares = 0
+        assert ours == theirs
+
+
+@pytest.mark.filterwarnings("ignore:html5lib's sanitizer is deprecated:DeprecationWarning")
+def test_text(tmp_path):
+    from tensorboard.plugins.text import text_plugin
+    from tensorboard.util import tensor_util
+
+    text = "# Config\n\n**lr**: 0.1 é"
+    with EventWriter(tmp_path) as w:
+        w.add_text("config", text)
+    acc = accumulate(tmp_path)
+    assert acc.SummaryMetadata("config").plugin_data.plugin_name == "text"
+    (event,) = acc.Tensors("config")
+    assert event.tensor_proto.string_val == [text.encode()]
+    html = text_plugin.text_array_to_html(tensor_util.make_ndarray(event.tensor_proto), True)
+    assert "<strong>lr</strong>" in html
+
+
+def test_hparams_one_session_in_the_run_itself(tmp_path):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import (
+        api_pb2,
+        backend_context,
+        list_session_groups,
+        metadata,
+        plugin_data_pb2,
+    )
+
+    assert (tb_writer._HPARAMS_PLUGIN, tb_writer._HPARAMS_EXPERIMENT_TAG) == (
+        metadata.PLUGIN_NAME,
+        metadata.EXPERIMENT_TAG,
+    )
+    hparams = {"optimizer.lr": 0.1, "model": "mlp", "nesterov": True, "train.steps": 100}
+    metrics = ("hparams/final_loss", "hparams/best_loss")
+    run = tmp_path / "run1"
+    with EventWriter(run) as w:
+        w.add_hparams(hparams, metrics)
+        with pytest.raises(RuntimeError):
+            w.add_hparams(hparams, metrics)
+        w.add_scalars(0, ("loss",), [3.0])
+        w.add_scalars(100, metrics, [0.5, 0.25])
+        with pytest.raises(ValueError):
+            w.end_hparams_session("done")
+        w.end_hparams_session("success")
+    assert [p.name for p in tmp_path.iterdir()] == ["run1"]  # no sub-run
+    assert len(list(run.iterdir())) == 1
+
+    # Proto level: the summaries carry the hparams plugin's data.
+    acc = accumulate(run)
+    contents = {}
+    for tag in (metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG):
+        plugin = acc.SummaryMetadata(tag).plugin_data
+        assert plugin.plugin_name == "hparams"
+        contents[tag] = plugin_data_pb2.HParamsPluginData.FromString(plugin.content)
+    experiment = contents[metadata.EXPERIMENT_TAG].experiment
+    assert [i.name for i in experiment.hparam_infos] == list(hparams)
+    assert [m.name.tag for m in experiment.metric_infos] == list(metrics)
+    start = contents[metadata.SESSION_START_INFO_TAG].session_start_info
+    assert start.hparams["model"].string_value == "mlp"
+    assert start.hparams["nesterov"].bool_value is True
+    assert start.hparams["optimizer.lr"].number_value == 0.1
+
+    # TensorBoard's own data path (no server): multiplexer -> data provider -> hparams backend.
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(tmp_path))
+    tb_context = base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path))
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=10, allowed_statuses=api_pb2.Status.values()
+    )
+    response = list_session_groups.Handler(
+        context.RequestContext(), backend_context.Context(tb_context), "", request
+    ).run()
+    (group,) = response.session_groups
+    (session,) = group.sessions
+    assert session.name == "run1" and session.status == api_pb2.STATUS_SUCCESS
+    assert group.hparams["model"].string_value == "mlp"
+    assert group.hparams["train.steps"].number_value == 100
+    assert {m.name.tag: (m.value, m.training_step) for m in group.metric_values} == {
+        "hparams/final_loss": (0.5, 100),
+        "hparams/best_loss": (0.25, 100),
+    }
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_killed_process_leaves_exactly_the_flushed_events(tmp_path):
+    done = run_python(
+        """
+        import os, sys
+        from runner.tb_writer import EventWriter
+        w = EventWriter(sys.argv[1])
+        for step in range(30):
+            w.add_scalars(step, ("loss", "lr"), [step, 0.1])
+        w.add_histogram("h", [1.0, 2.0], 29)
+        w.flush()
+        for step in range(30, 60):  # never flushed
+            w.add_scalars(step, ("loss", "lr"), [step, 0.1])
+        w.add_text("t", "lost")
+        os._exit(0)  # no close, no atexit, no destructors
+        """,
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(read_events(only_file(tmp_path))) == 1 + 30 + 1
+    acc = accumulate(tmp_path)
+    assert scalar_series(acc, "loss") == [(s, float(s)) for s in range(30)]
+    assert acc.Tags()["tensors"] == []
+
+    # Even a torn final record (a write cut short) costs only that record.
+    path = only_file(tmp_path)
+    path.write_bytes(path.read_bytes()[:-7])
+    acc = accumulate(tmp_path)
+    assert acc.Tags()["histograms"] == [] and len(acc.Scalars("loss")) == 30
+
+
+def test_never_imports_torch_or_tensorflow(tmp_path):
+    done = run_python(
+        """
+        import sys, time
+        start = time.perf_counter()
+        import runner.tb_writer as tb
+        seconds = time.perf_counter() - start
+        with tb.EventWriter(sys.argv[1]) as w:
+            w.add_scalars(1, ("loss",), [0.5])
+            w.add_histogram("w", [1.0, 2.0, 3.0], 1)
+            w.add_text("config", "x: 1")
+            w.add_hparams({"lr": 0.1}, ["hparams/final_loss"])
+            w.end_hparams_session()
+        heavy = ("torch", "tensorflow", "tensorboardX", "tensorboard.summary")
+        print([name for name in heavy if name in sys.modules], seconds)
+        """,
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    loaded, seconds = done.stdout.rsplit("]", 1)
+    assert loaded == "["
+    assert float(seconds) < 2.0  # ~0.15 s in practice (mostly numpy); generous for slow CI
+    assert len(read_events(only_file(tmp_path))) == 7
+
+
+def test_nothing_reaches_the_file_before_flush(tmp_path):
+    # flush() is synchronous (no background thread): the bytes are in the file when it returns.
+    w = EventWriter(tmp_path)
+    size = os.path.getsize(w.path)
+    w.add_scalars(0, ("a",), [1.0])
+    assert os.path.getsize(w.path) == size  # buffered until flush
+    w.flush()
+    assert os.path.getsize(w.path) > size
+    w.close()
