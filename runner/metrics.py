@@ -69,10 +69,16 @@ class Layout:
             out[:, col] = np.linalg.norm(rows[:, start:stop], axis=1)
         return out
 
+    def block(self, rows: np.ndarray, kind: str, name: str) -> np.ndarray:
+        """(K, size) flattened values of parameter `name` (kind="param") or its gradient
+        (kind="grad") in each of the (K, D) host rows."""
+        start, stop = self.slices[name]
+        base = 2 if kind == "param" else 2 + self.n_values
+        return rows[:, base + start : base + stop]
+
     def tensors(self, row: np.ndarray, kind: str) -> dict[str, np.ndarray]:
         """The parameters (kind="param") or gradients (kind="grad") of one row, shaped."""
-        base = 2 if kind == "param" else 2 + self.n_values
         return {
-            name: row[base + start : base + stop].reshape(self.shapes[name])
-            for name, (start, stop) in self.slices.items()
+            name: self.block(row[None, :], kind, name).reshape(shape)
+            for name, shape in self.shapes.items()
         }

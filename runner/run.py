@@ -84,6 +84,7 @@ def run(
                     last = record.step == train.steps or stop.signum is not None
                     if len(pending) >= chunk or last:
                         tracker.consume(loop.to_host(pending), sinks)
+                        bar.set_postfix_str(f"loss={tracker.last_row[0]:.4g}", refresh=False)
                         bar.update(len(pending))
                         pending.clear()
                         if tracker.diverged_at is not None or stop.signum is not None:

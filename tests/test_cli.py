@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pandas as pd
 import pytest
@@ -198,3 +199,36 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_full_error_shows_the_traceback(tmp_path):
     result = run_cli("optimizer.lr=-1", cwd=tmp_path, HYDRA_FULL_ERROR="1")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import shutil
+    import struct
+    import sys
+    import termios
+
+    script = shutil.which("runner", path=os.path.dirname(sys.executable)) or "runner"
+    leader, follower = pty.openpty()
+    # a new pty is 0x0; a real terminal has a size, and tqdm draws nothing in zero columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [script, "train.steps=20000", "loop=numpy", "hydra.run.dir=run"],
+        cwd=tmp_path, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=120) == 0, output
+    text = output.decode(errors="replace")
+    assert "step/s" in text and "/20000 [" in text and "loss=" in text  # the tqdm bar
+    assert "completed: 20000 steps" in text

@@ -182,3 +182,43 @@ def test_numpy_loop_never_imports_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_a_crash_mid_run_is_reported_failed_with_the_steps_before_it(runs, tmp_path, monkeypatch):
+    from runner.loops.numpy_loop import NumpyLoop
+
+    real_steps = NumpyLoop.steps
+
+    def steps_then_crash(self, first, last):
+        for record in real_steps(self, first, last):
+            if record.step == 4:
+                raise MemoryError("simulated")
+            yield record
+
+    monkeypatch.setattr(NumpyLoop, "steps", steps_then_crash)
+    with pytest.raises(MemoryError):
+        runs("loop=numpy", "train.steps=10")
+    summary = json.loads((tmp_path / "run0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps_completed"] == 3
+    assert pd.read_csv(tmp_path / "run0" / "metrics.csv")["step"].tolist() == [1, 2, 3]
+    assert len(events(tmp_path / "run0").Scalars("loss")) == 3
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_accelerator_runs_agree_with_the_cpu(runs, device):
+    import torch
+
+    present = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+    if not present:
+        pytest.skip(f"no {device} device on this machine")
+    args = [
+        "model=linear",
+        "data=synthetic",
+        "data.n_features=3",
+        "optimizer=adam",
+        "train.steps=150",
+    ]
+    _, on_cpu = runs(*args, "device=cpu")
+    summary, on_device = runs(*args, f"device={device}")
+    assert summary["device"] == device
+    np.testing.assert_allclose(on_device.to_numpy(), on_cpu.to_numpy(), rtol=1e-4, atol=1e-6)

@@ -38,13 +38,10 @@ class TensorBoardSink:
 
     def write(self, steps: np.ndarray, table: np.ndarray, rows: np.ndarray) -> None:
         self.writer.add_scalar_rows(steps, self.layout.columns, table)
-        base = {"param": 2, "grad": 2 + self.layout.n_values}
         for name in self._histograms:
-            start, stop = self.layout.slices[name]
-            for kind, offset in base.items():
-                self.writer.add_histogram_rows(
-                    f"{kind}/{name}", steps, rows[:, offset + start : offset + stop]
-                )
+            for kind in ("param", "grad"):
+                values = self.layout.block(rows, kind, name)
+                self.writer.add_histogram_rows(f"{kind}/{name}", steps, values)
         if time.monotonic() - self._last_flush >= self.flush_secs:
             self.writer.flush()
             self._last_flush = time.monotonic()
