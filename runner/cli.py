@@ -66,12 +66,30 @@ def _short(value) -> str:
     return "nan" if value is None else f"{value:.6g}"
 
 
+def swept_keys(args: list[str]) -> list[str] | None:
+    """The keys a multirun command line sweeps (`optimizer.lr=0.1,0.01`, `loop=glob(*)`, ...);
+    None when it is not a multirun or cannot be parsed (Hydra then reports the problem)."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return None
+    return [o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override()]
+
+
 def main() -> None:
     """Console entry point. Errors become one line on stderr unless HYDRA_FULL_ERROR=1."""
     global _FULL_ERROR
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    swept = swept_keys(sys.argv[1:])
+    if swept is not None:
+        os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
     try:
         _task()
     except KeyboardInterrupt as err:

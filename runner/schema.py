@@ -10,6 +10,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 from dataclasses import dataclass, field
 from enum import Enum
@@ -196,6 +197,23 @@ def register() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
     if not OmegaConf.has_resolver("run_token"):
         OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN)
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
+
+
+# The keys a sweep varies, as the command line gave them (see cli.main); job directories are named
+# after those alone. Passed by environment so that launchers' worker processes see it too.
+SWEPT_KEYS_ENV = "RUNNER_SWEPT_KEYS"
+
+
+def job_dirname(num: int, overrides: list[str]) -> str:
+    """`<job number>_<swept key=value,...>`: readable run names in `tensorboard --logdir`."""
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    keys = set(swept.split(",")) if swept is not None else None
+    chosen = [o for o in overrides if keys is None or o.lstrip("+~").split("=")[0] in keys]
+    # a value may hold a path; a job directory must stay one directory
+    name = ",".join(chosen).replace("/", "%2F")
+    return f"{num}_{name}" if name else str(num)
 
 
 # --- checks that types cannot express --------------------------------------------------------

@@ -83,16 +83,15 @@ def test_user_csv_data(tmp_path):
     assert len(summary["params"]["weight"][0]) == 2
 
 
-def test_multirun_sweeps_learning_rates(tmp_path):
+def test_multirun_names_job_directories_after_the_swept_values(tmp_path):
     result = run_cli(
-        "-m",
-        "optimizer.lr=0.001,0.01",
-        "train.steps=5",
-        f"hydra.sweep.dir={tmp_path}/sweep",
+        "-m", "optimizer.lr=0.001,0.01", "train.steps=5", f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    lrs = sorted(pd.read_csv(p)["lr"].iloc[0] for p in (tmp_path / "sweep").glob("*/metrics.csv"))
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert jobs == ["0_optimizer.lr=0.001", "1_optimizer.lr=0.01"]  # train.steps is not swept
+    lrs = [pd.read_csv(tmp_path / "sweep" / job / "metrics.csv")["lr"].iloc[0] for job in jobs]
     assert lrs == [0.001, 0.01]
 
 
