@@ -5,6 +5,7 @@ DictConfig stops here: below this module everything takes plain values and small
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -14,9 +15,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from runner import checkpoint
 from runner.build import build_parts, loop_class
 from runner.data import BatchSchedule
 from runner.device import resolve_device
+from runner.errors import ConfigError
 from runner.loops import Problem
 from runner.metrics import Layout
 from runner.schema import LogConf, TrainConf, validate
@@ -38,9 +41,11 @@ def run(
     """Trains as `cfg` says, writing outputs into `out_dir`; returns the summary it wrote.
 
     `overrides` (the command line's) and `choices` (config group -> option) label the run in
-    summary.json and TensorBoard's HParams. SIGINT or SIGTERM stops the run after the current
-    step; once everything logged is on disk and the summary says `interrupted`, `Interrupted`
-    (a KeyboardInterrupt) is raised. Any other error is re-raised after the summary says `failed`.
+    summary.json and TensorBoard's HParams. With train.resume, a run already finished in
+    `out_dir` is left as it is, and any other continues from its checkpoint (or from step 1).
+    SIGINT or SIGTERM stops the run after the current step; once everything logged is on disk,
+    checkpointed, and the summary says `interrupted`, `Interrupted` (a KeyboardInterrupt) is
+    raised. Any other error is re-raised after the summary says `failed`.
     """
     started = time.perf_counter()
     loop_cls = loop_class(cfg.loop)
@@ -48,12 +53,28 @@ def run(
     train: TrainConf = OmegaConf.to_object(cfg.train)
     log: LogConf = OmegaConf.to_object(cfg.log)
     device = resolve_device(cfg.device.name.value, loop_cls.name)
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    checkpoint_dir = out_dir / "checkpoint"
+    fingerprint = _fingerprint(cfg)
+    saved = checkpoint.load(checkpoint_dir, loop_cls.backend, device) if train.resume else None
+    if saved is not None:
+        _check_same_settings(saved.meta["fingerprint"], fingerprint)
+    if train.resume:
+        finished = _finished(summary_path, train.steps)
+        if finished is not None:
+            return finished
     problem = _problem(cfg, train, device)
     loop = loop_cls(problem)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
+    tracker = _Tracker(layout, train.steps, log.every_n_steps)
+    resume_at = None
+    if saved is not None:
+        loop.load_state(saved.state)
+        tracker.load_state(saved.meta["tracker"])
+        resume_at = saved.step
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "status": "running",
         "steps_completed": 0,
@@ -67,32 +88,47 @@ def run(
         "device": device,
         "overrides": list(overrides),
     }
-    summary_path = out_dir / "summary.json"
+    summary.update(tracker.results())
     write_summary(summary_path, summary)
-    tracker = _Tracker(layout, train.steps, log.every_n_steps)
+
+    def save_checkpoint() -> None:
+        for sink in sinks:  # rows up to the checkpoint reach the disk before it claims them
+            sink.flush()
+        meta = {"step": tracker.steps_completed, "tracker": tracker.state()}
+        checkpoint.save(checkpoint_dir, loop_cls.backend, loop.state(), meta | fingerprint)
+
+    every = train.checkpoint_every
     chunk = 1 if device == "cpu" else DEVICE_CHUNK
+    first = (resume_at or 0) + 1
     sinks: list = []
     pending: list = []
     train_started = time.perf_counter()
     # Divergence is the runner's to detect and report, so NumPy's overflow warnings are noise.
     with StopSignals() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
-            sinks = _open_sinks(cfg, log, layout, out_dir, problem.dtype, overrides, choices)
-            with _progress(train.steps, log.progress) as bar:
-                for record in loop.steps(1, train.steps):
+            sinks = _open_sinks(
+                cfg, log, layout, out_dir, problem.dtype, overrides, choices, resume_at
+            )
+            with _progress(train.steps, first - 1, log.progress) as bar:
+                for record in loop.steps(first, train.steps):
                     pending.append(record)
+                    due = every > 0 and record.step % every == 0
                     last = record.step == train.steps or stop.signum is not None
-                    if len(pending) >= chunk or last:
+                    if len(pending) >= chunk or last or due:
                         tracker.consume(loop.to_host(pending), sinks)
                         bar.set_postfix_str(f"loss={tracker.last_row[0]:.4g}", refresh=False)
                         bar.update(len(pending))
                         pending.clear()
                         if tracker.diverged_at is not None or stop.signum is not None:
                             break
+                        if due:
+                            save_checkpoint()
             if tracker.diverged_at is not None:
                 summary["status"] = "diverged"
             else:
                 summary["status"] = "completed" if stop.signum is None else "interrupted"
+                if every > 0 and tracker.steps_completed % every != 0:
+                    save_checkpoint()  # resume (or a longer train.steps) continues from here
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what reached the host
             summary["status"] = "interrupted"
             raise
@@ -102,13 +138,58 @@ def run(
         finally:
             train_s = time.perf_counter() - train_started
             summary.update(tracker.results(), wall_s=time.perf_counter() - started)
-            summary["steps_per_s"] = summary["steps_completed"] / train_s if train_s > 0 else 0.0
+            done = summary["steps_completed"] - (resume_at or 0)
+            summary["steps_per_s"] = done / train_s if train_s > 0 else 0.0
             for sink in sinks:
                 sink.close(summary)
             write_summary(summary_path, summary)
     if summary["status"] == "interrupted":
         raise Interrupted(stop.signum)
     return summary
+
+
+def _finished(summary_path: Path, steps: int) -> dict[str, Any] | None:
+    """The summary of a run that resume has nothing left to do for, else None."""
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+    done = summary.get("status") == "completed" and summary.get("steps_completed") == steps
+    return summary if done or summary.get("status") == "diverged" else None
+
+
+# What a resumed run must share with the run it continues; log.*, train.steps and the device
+# may change (a longer run, other logging), but not what would make the result meaningless.
+_FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "loop")
+_FINGERPRINT_TRAIN = ("seed", "batch_size", "dtype")
+
+
+def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _FINGERPRINT_KEYS}
+    settings["train"] = {
+        k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in _FINGERPRINT_TRAIN
+    }
+    return {"fingerprint": _flat(settings)}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(tree, dict):
+        return {
+            k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()
+        }
+    return {prefix.rstrip("."): repr(tree)}
+
+
+def _check_same_settings(saved: Mapping[str, str], now: Mapping[str, Any]) -> None:
+    current = now["fingerprint"]
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise ConfigError(
+                "train.resume",
+                True,
+                f"the settings of the run being resumed; {key} was {saved.get(key, 'unset')}, "
+                f"now {current.get(key, 'unset')} (start a new run directory instead)",
+            )
 
 
 def _problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
@@ -157,6 +238,21 @@ class _Tracker:
             for sink in sinks:
                 sink.write(steps, table, rows)
 
+    def state(self) -> dict[str, Any]:
+        """JSON-able running values, for a checkpoint."""
+        return {
+            "steps_completed": self.steps_completed,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "last_row": None if self.last_row is None else self.last_row.tolist(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.steps_completed = int(state["steps_completed"])
+        best = state["best_loss"]
+        self.best_loss = math.inf if best is None else float(best)
+        row = state["last_row"]
+        self.last_row = None if row is None else np.array(row, dtype=np.float64)
+
     def results(self) -> dict[str, Any]:
         if self.last_row is None:
             return {"steps_completed": 0}
@@ -178,10 +274,13 @@ def _open_sinks(
     dtype: str,
     overrides: Sequence[str],
     choices: Mapping[str, str] | None,
+    resume_at: int | None,
 ) -> list:
     sinks: list = []
     if log.csv:
-        sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, log.flush_secs))
+        sinks.append(
+            CsvSink(out_dir / "metrics.csv", layout.columns, dtype, log.flush_secs, resume_at)
+        )
     if log.tensorboard:
         from runner.sinks.tensorboard_sink import TensorBoardSink, hparams_of
 
@@ -192,13 +291,16 @@ def _open_sinks(
                 config_yaml=OmegaConf.to_yaml(cfg),
                 hparams=hparams_of(cfg, overrides, choices),
                 flush_secs=log.flush_secs,
+                resume_at=resume_at,
             )
         )
     return sinks
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, done: int, enabled: bool):
     from tqdm import tqdm
 
     # disable=None: shown on a terminal only, so logs and CI output stay clean.
-    return tqdm(total=total, disable=None if enabled else True, unit="step", leave=False)
+    return tqdm(
+        total=total, initial=done, disable=None if enabled else True, unit="step", leave=False
+    )

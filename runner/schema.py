@@ -145,6 +145,8 @@ class TrainConf:
     seed: int = 0
     batch_size: int | None = None  # null: full batch; else shuffled mini-batches from seed
     dtype: DType = DType.float32
+    checkpoint_every: int = 1000  # steps between checkpoints; 0 turns them off
+    resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
 
 
 @dataclass
@@ -222,6 +224,7 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     train, log = cfg.train, cfg.log
     _at_least(train.steps, 1, "train.steps")
     _at_least(train.seed, 0, "train.seed")
+    _at_least(train.checkpoint_every, 0, "train.checkpoint_every", "an integer >= 0 (0: off)")
     if train.batch_size is not None:
         _at_least(
             train.batch_size, 1, "train.batch_size", "an integer >= 1, or null for full batch"

@@ -549,6 +549,17 @@ class EventWriter:
         )
         self._queue.append([None, _record(event.SerializeToString())])
 
+    def add_restart(self, step: int) -> None:
+        """Marks a resumed run: TensorBoard drops events of earlier files at `step` and later
+        (a SessionLog START purges them), so re-run steps are not shown twice."""
+        self._check_open()
+        event = event_pb2.Event(
+            wall_time=time.time(),
+            step=step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+        )
+        self._queue.append([None, _record(event.SerializeToString())])
+
     def add_text(self, tag: str, text: str, step: int = 0) -> None:
         """Markdown `text`, shown in TensorBoard's Text tab (a string tensor + text metadata)."""
         from tensorboard.plugins.text import metadata as text_metadata
@@ -615,6 +626,11 @@ class EventWriter:
         start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=now)
         self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
         self._add_hparams_summary(_HPARAMS_SESSION_START_TAG, session_start_info=start)
+        self._hparams_started = True
+
+    def continue_hparams_session(self) -> None:
+        """Declares that an earlier writer of this run started the HParams session (a resumed
+        run), so this one may end it."""
         self._hparams_started = True
 
     def end_hparams_session(self, status: str = "success") -> None:

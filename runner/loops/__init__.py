@@ -50,6 +50,7 @@ class Problem:
 
 class Loop(Protocol):
     name: str
+    backend: str  # "numpy" | "torch": the kind of arrays in its records and state
 
     def __init__(self, problem: Problem) -> None: ...
 
@@ -60,6 +61,14 @@ class Loop(Protocol):
     @staticmethod
     def to_host(records: list[StepRecord]) -> np.ndarray:
         """Packs records into rows [loss, lr, params..., grads...] as a (K, D) float64 array."""
+        ...
+
+    def state(self) -> dict:
+        """{"params": ..., "optimizer": ...} after the last step, for a checkpoint."""
+        ...
+
+    def load_state(self, state: dict) -> None:
+        """Continues from a state() taken earlier (same problem)."""
         ...
 
 

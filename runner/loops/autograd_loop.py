@@ -13,6 +13,7 @@ from runner.loops.torch_common import TorchData, pack_torch
 
 class AutogradLoop:
     name = "autograd"
+    backend = "torch"
     to_host = staticmethod(pack_torch)
 
     def __init__(self, problem: Problem) -> None:
@@ -20,7 +21,7 @@ class AutogradLoop:
         self.data = TorchData(problem)
         self.params = {k: self.data.tensor(v).requires_grad_() for k, v in problem.init.items()}
         with torch.no_grad():
-            self.state = problem.optimizer.init_state(self._values(), torch)
+            self.opt_state = problem.optimizer.init_state(self._values(), torch)
         self.loss_fn = problem.loss.torch_loss()
 
     def _values(self) -> dict[str, torch.Tensor]:
@@ -34,8 +35,19 @@ class AutogradLoop:
             loss.backward()
             grads = {k: p.grad.clone() for k, p in self.params.items()}
             with torch.no_grad():
-                new, self.state = rule.update(self._values(), grads, self.state, torch)
+                new, self.opt_state = rule.update(self._values(), grads, self.opt_state, torch)
                 for k, p in self.params.items():
                     p.copy_(new[k])
                     p.grad.zero_()
             yield StepRecord(step, loss.detach(), rule.lr, new, grads)
+
+    def state(self) -> dict:
+        """Parameters and optimizer state after the last step."""
+        params = {k: p.detach().clone() for k, p in self.params.items()}
+        return {"params": params, "optimizer": self.opt_state}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(state["params"][k])
+        self.opt_state = state["optimizer"]

@@ -11,12 +11,13 @@ from runner.loops import Problem, StepRecord, pack_numpy
 
 class NumpyLoop:
     name = "numpy"
+    backend = "numpy"
     to_host = staticmethod(pack_numpy)
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.params = {k: np.array(v, dtype=problem.dtype) for k, v in problem.init.items()}
-        self.state = problem.optimizer.init_state(self.params, np)
+        self.opt_state = problem.optimizer.init_state(self.params, np)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         p = self.problem
@@ -28,5 +29,14 @@ class NumpyLoop:
             loss, dpred = loss_fn.value_and_grad(pred, y)
             grads = model.backward(self.params, x, dpred)
             grads = {k: g.astype(p.dtype, copy=False) for k, g in grads.items()}
-            self.params, self.state = rule.update(self.params, grads, self.state, np)
+            self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
             yield StepRecord(step, loss, rule.lr, self.params, grads)
+
+    def state(self) -> dict:
+        """Parameters and optimizer state after the last step (arrays are never mutated)."""
+        return {"params": dict(self.params), "optimizer": self.opt_state}
+
+    def load_state(self, state: dict) -> None:
+        dtype = self.problem.dtype
+        self.params = {k: np.asarray(state["params"][k], dtype=dtype) for k in self.params}
+        self.opt_state = state["optimizer"]

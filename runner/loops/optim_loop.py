@@ -16,6 +16,7 @@ from runner.loops.torch_common import TorchData, pack_torch
 
 class OptimLoop:
     name = "optim"
+    backend = "torch"
     to_host = staticmethod(pack_torch)
 
     def __init__(self, problem: Problem) -> None:
@@ -46,3 +47,14 @@ class OptimLoop:
             loss, grads = first_eval[0]
             params = {k: p.detach().clone() for k, p in self.named.items()}
             yield StepRecord(step, loss, self.optimizer.param_groups[0]["lr"], params, grads)
+
+    def state(self) -> dict:
+        """Parameters and torch.optim state after the last step."""
+        params = {k: p.detach().clone() for k, p in self.named.items()}
+        return {"params": params, "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, p in self.named.items():
+                p.copy_(state["params"][k])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -16,14 +16,23 @@ class CsvSink:
     written here (and on close), so logging costs no syscall per step.
     """
 
-    def __init__(self, path: Path, columns: list[str], dtype: str, flush_secs: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        columns: list[str],
+        dtype: str,
+        flush_secs: float,
+        resume_at: int | None = None,
+    ) -> None:
         self.path = path
         self.flush_secs = flush_secs
         # Values print as the shortest decimal that reads back to the same number in the run's
         # dtype: float32 runs show 21.675, not 21.674999237060547.
         self._scalar = np.dtype(dtype).type
+        header = ",".join(["step", *columns]) + "\n"
+        kept = _rows_up_to(path, resume_at, header) if resume_at is not None else header
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._pending = [",".join(["step", *columns]) + "\n"]
+        self._pending = [kept]
         self._last_flush = time.monotonic()
         self.flush()
 
@@ -47,3 +56,26 @@ class CsvSink:
             self.flush()
             os.close(self._fd)
             self._fd = None
+
+
+def _rows_up_to(path: Path, step: int, header: str) -> str:
+    """The header and the rows of steps <= `step` of an earlier metrics.csv: a resumed run
+    appends from its checkpoint, and rows logged after it are logged again, exactly once."""
+    from runner.errors import ConfigError
+
+    if not path.is_file():
+        return header
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines or lines[0] != header:
+        raise ConfigError(
+            "train.resume",
+            True,
+            f"{path} with the columns this run logs (its header differs: was log.* changed?)",
+        )
+    width = header.count(",")
+    kept = [
+        line
+        for line in lines[1:]
+        if line.endswith("\n") and line.count(",") == width and int(line.split(",", 1)[0]) <= step
+    ]
+    return header + "".join(kept)

@@ -27,11 +27,19 @@ class TensorBoardSink:
         config_yaml: str,
         hparams: Mapping[str, Any],
         flush_secs: float,
+        resume_at: int | None = None,
     ) -> None:
         self.layout, self.flush_secs = layout, flush_secs
+        if resume_at is None:
+            for stale in log_dir.glob("events.out.tfevents.*"):  # from an attempt started over
+                stale.unlink()
         self.writer = EventWriter(log_dir)
-        self.writer.add_text("config", f"```yaml\n{config_yaml}```")
-        self.writer.add_hparams(hparams, METRICS)
+        if resume_at is None:
+            self.writer.add_text("config", f"```yaml\n{config_yaml}```")
+            self.writer.add_hparams(hparams, METRICS)
+        else:  # the earlier files keep config and HParams; hide what they logged past resume_at
+            self.writer.continue_hparams_session()
+            self.writer.add_restart(resume_at + 1)
         self._histograms = [n for n, s in layout.shapes.items() if int(np.prod(s)) > 1]
         self._last_flush = time.monotonic()
         self.writer.flush()
@@ -43,8 +51,11 @@ class TensorBoardSink:
                 values = self.layout.block(rows, kind, name)
                 self.writer.add_histogram_rows(f"{kind}/{name}", steps, values)
         if time.monotonic() - self._last_flush >= self.flush_secs:
-            self.writer.flush()
-            self._last_flush = time.monotonic()
+            self.flush()
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._last_flush = time.monotonic()
 
     def close(self, summary: dict | None = None) -> None:
         if summary is not None and summary.get("steps_completed"):
