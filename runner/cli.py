@@ -91,6 +91,7 @@ def main() -> None:
     if swept is not None:
         os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
     try:
+        schema.check_group_choices([a for a in sys.argv[1:] if not a.startswith("-")])
         _task()
     except KeyboardInterrupt as err:
         print("runner: interrupted; every logged step is on disk", file=sys.stderr)

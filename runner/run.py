@@ -196,10 +196,19 @@ def _problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
     parts = build_parts(cfg)
     data, model = parts["data"], parts["model"]
     dtype = train.dtype.value
+    with np.errstate(over="ignore"):
+        x, y = data.x.astype(dtype), data.y.astype(dtype)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ConfigError(
+            "train.dtype",
+            dtype,
+            f"a dtype that holds the data (|values| > {np.finfo(dtype).max:.3g}"
+            " overflow it): train.dtype=float64",
+        )
     init = model.init_params(data.n_features, np.random.default_rng(train.seed))
     return Problem(
-        x=data.x.astype(dtype),
-        y=data.y.astype(dtype),
+        x=x,
+        y=y,
         init={k: np.asarray(v, dtype=dtype) for k, v in init.items()},
         model=model,
         loss=parts["loss"],

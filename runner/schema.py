@@ -219,6 +219,43 @@ def job_dirname(num: int, overrides: list[str]) -> str:
 
 
 # --- checks that types cannot express --------------------------------------------------------
+MAX_SYNTHETIC_VALUES = 10**8  # 800 MB of float64: far beyond what these models need
+
+GROUPS = ("model", "data", "loss", "optimizer", "loop", "device", "experiment")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, as shipped in conf/<group>/."""
+    from importlib.resources import files
+
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in (files("runner.conf") / group).iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Refuses `group=value` overrides whose value is no option of the group (Hydra's own errors
+    for, say, `data=0` do not say which group or what is allowed). Sweeps are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return  # Hydra reports unparsable overrides itself
+    for override in parsed:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_sweep_override() or override.is_delete():
+            continue
+        value = override.value()
+        options = group_options(group)
+        if not (isinstance(value, str) and value in options) and not (
+            group == "experiment" and value is None
+        ):
+            raise ConfigError(group, value, f"one of {', '.join(options)}")
+
+
 def validate(cfg: DictConfig, loop_name: str) -> None:
     """Raises ConfigError for the first out-of-range value or impossible combination."""
     train, log = cfg.train, cfg.log
@@ -252,6 +289,13 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
         _at_least(data.n_samples, 1, "data.n_samples")
         _at_least(data.n_features, 1, "data.n_features")
         _at_least(data.seed, 0, "data.seed")
+        if data.n_samples * data.n_features > MAX_SYNTHETIC_VALUES:
+            raise ConfigError(
+                "data.n_samples",
+                data.n_samples,
+                f"n_samples * n_features <= {MAX_SYNTHETIC_VALUES:.0e} (n_features is "
+                f"{data.n_features}); this runner trains small models in memory",
+            )
         if not data.noise >= 0:
             raise ConfigError("data.noise", data.noise, "a standard deviation >= 0")
 
