@@ -47,6 +47,7 @@ def save(directory: Path, backend: str, state: dict[str, Any], meta: dict[str, A
 
                 torch.save({"meta": json.dumps(meta), "state": state}, f)
             f.flush()
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private, unlike the other outputs
             os.fsync(f.fileno())  # the rename below must never expose a file still in flight
         os.replace(tmp, target)
     except BaseException:

@@ -591,12 +591,19 @@ class EventWriter:
         self._add_summary(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=null))
 
     def add_hparams(
-        self, hparams: Mapping[str, float | int | str | bool], metric_tags: Sequence[str]
+        self,
+        hparams: Mapping[str, float | int | str | bool],
+        metric_tags: Sequence[str] | None = None,
     ) -> None:
-        """Writes the HParams experiment and session-start summaries into this same run.
+        """Writes the HParams session-start summary (and, given `metric_tags`, an experiment
+        summary) into this same run.
 
         The run directory is the session (unlike torch's add_hparams, no sub-run). Metrics are
-        whatever scalars the caller later writes under `metric_tags`. Once per writer.
+        whatever scalars the caller later writes under `metric_tags`. Once per writer. Without
+        `metric_tags` TensorBoard builds the experiment from all sessions in the logdir: the union
+        of their hparams, marked where they differ, and every scalar tag as a metric. With it,
+        TensorBoard takes one run's experiment for the whole logdir, which hides a sweep's
+        differences, so runs that share a logdir should leave it out.
         """
         from google.protobuf import struct_pb2
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
@@ -616,15 +623,17 @@ class EventWriter:
                 raise TypeError(f"hparam {name!r}: {type(v).__name__} is not bool/number/str")
             infos.append(api_pb2.HParamInfo(name=name, type=kind))
         now = time.time()
-        experiment = api_pb2.Experiment(
-            time_created_secs=now,
-            hparam_infos=infos,
-            metric_infos=[
-                api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=t)) for t in metric_tags
-            ],
-        )
         start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=now)
-        self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
+        if metric_tags is not None:
+            experiment = api_pb2.Experiment(
+                time_created_secs=now,
+                hparam_infos=infos,
+                metric_infos=[
+                    api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=t))
+                    for t in metric_tags
+                ],
+            )
+            self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
         self._add_hparams_summary(_HPARAMS_SESSION_START_TAG, session_start_info=start)
         self._hparams_started = True
 

@@ -214,4 +214,4 @@ def test_random_csv_files_end_cleanly(tmp_path_factory, text, loop):
         assert len(frame) > 0 and detail in ("completed", "diverged")
         assert all(math.isfinite(float(v)) for v in frame.to_numpy().ravel())
     else:
-        assert detail.startswith(("data.path=", "data.target=", "data.features="))
+        assert detail.startswith(("data.path=", "data.target=", "data.features=", "train.dtype="))

@@ -36,7 +36,9 @@ class TensorBoardSink:
         self.writer = EventWriter(log_dir)
         if resume_at is None:
             self.writer.add_text("config", f"```yaml\n{config_yaml}```")
-            self.writer.add_hparams(hparams, METRICS)
+            # No experiment summary: TensorBoard then joins all runs of a logdir (a sweep) into
+            # one HParams table, with the swept values marked as differing.
+            self.writer.add_hparams(hparams)
         else:  # the earlier files keep config and HParams; hide what they logged past resume_at
             self.writer.continue_hparams_session()
             self.writer.add_restart(resume_at + 1)

@@ -1,0 +1,30 @@
+"""Hydra callbacks: the sweep report, written into the sweep directory when a multirun ends."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class SweepReport(Callback):
+    """Writes summary.csv, the plots and parity.csv (runner.report) when a sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Reports on `hydra.sweep.dir`. Never raises: the jobs have run and their outputs are on
+        disk whatever happens here, so a problem is one line on stderr (and `runner-report DIR`
+        can try again)."""
+        sweep_dir = "the sweep directory"
+        try:
+            sweep_dir = str(config.hydra.sweep.dir)
+            # imported here: Hydra builds this callback for every single run too, which must not
+            # pay for pandas and matplotlib
+            from runner.report import write_report
+
+            write_report(Path(sweep_dir), sweep_ended=True)
+        except Exception as err:
+            message = " ".join(str(err).split()) or type(err).__name__
+            print(f"runner: no sweep report in {sweep_dir}: {message}", file=sys.stderr, flush=True)

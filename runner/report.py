@@ -1,0 +1,656 @@
+"""The sweep report: which setting won, and whether the loops agree.
+
+`write_report(path)` reads a sweep directory (or one run's directory) as the runner left it, that
+is each job's summary.json, metrics.csv and .hydra/, and writes next to the jobs:
+
+- `summary.csv`: one row per job (job number, swept values, status, losses, steps, wall time,
+  final parameters named like metrics.csv's columns, the job's directory);
+- `loss.png`: loss against step for every job, log scale;
+- `final_loss.png`: final loss against the swept key, when exactly one numeric key is swept;
+- `parity.csv`: when jobs differ only in `loop`, how far apart their loss, parameters and
+  gradients get, and the first step where the gap exceeds the dtype's tolerance.
+
+Hydra calls it when a sweep ends (runner.callbacks.SweepReport); `runner-report DIR` rebuilds it
+from the shell, for instance for a sweep that was killed half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+if TYPE_CHECKING:  # imported lazily below: pandas and matplotlib take a second to load
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# SPEC: how closely the three loops agree, relative, for each dtype.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 pixels
+DPI = 100
+# final_loss.png gets a log x axis once the swept values span two decades (0.001 ... 0.1).
+LOG_X_RATIO = 100.0
+# Columns of summary.csv after the job number and the swept keys (final parameters follow).
+SUMMARY_COLUMNS = ["status", "final_loss", "best_loss", "steps_completed", "wall_s"]
+PARITY_COLUMNS = [
+    "setting",
+    "loop_a",
+    "loop_b",
+    "job_a",
+    "job_b",
+    "dtype",
+    "tolerance",
+    "steps_compared",
+    "loss_gap",
+    "param_gap",
+    "grad_gap",
+    "first_step_over_tolerance",
+]
+
+
+class NotARunDirectory(ValueError):
+    """The directory holds neither a run nor a sweep; `reason` says what was found instead."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass
+class Job:
+    """One run as found on disk. Anything it did not get to write is empty."""
+
+    path: Path
+    num: int | None
+    overrides: list[str]
+    status: str  # summary.json's, or `crashed` / `failed` when it never finished (load_job)
+    summary: dict[str, Any]
+    metrics: pd.DataFrame | None
+    config: dict[str, Any]  # .hydra/config.yaml
+    loop: str | None
+
+    @property
+    def dtype(self) -> str:
+        return str(self.config.get("train", {}).get("dtype") or _default_dtype())
+
+    @property
+    def max_elements(self) -> int:
+        return int(self.config.get("log", {}).get("max_elements") or 16)
+
+    def value(self, key: str) -> str | None:
+        """The value this job's overrides give `key` (as typed), or None."""
+        for override in self.overrides:
+            k, _, v = override.partition("=")
+            if k.lstrip("+~") == key:
+                return v
+        return None
+
+
+# --- collecting ------------------------------------------------------------------------------
+def load_job(path: Path, *, sweep_ended: bool = False) -> Job:
+    """Reads one run directory. A run whose summary.json is missing or still says `running`
+    never finished: it is `crashed`, except that a missing summary.json after a sweep ended in
+    this process means the job stopped before training (a bad value: `failed`)."""
+    summary = _read_json(path / "summary.json")
+    hydra = _read_yaml(path / ".hydra" / "hydra.yaml").get("hydra", {})
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml", default=None)
+    if not isinstance(overrides, list):
+        overrides = list(summary.get("overrides", []))
+    status = summary.get("status")
+    if status is None:
+        status = "failed" if sweep_ended else "crashed"
+    elif status == "running":
+        status = "crashed"
+    num = hydra.get("job", {}).get("num")
+    if not isinstance(num, int):  # a single run's hydra.yaml has none
+        match = re.match(r"(\d+)(_|$)", path.name)
+        num = int(match.group(1)) if match else None
+    return Job(
+        path=path,
+        num=num,
+        overrides=[str(o) for o in overrides],
+        status=status,
+        summary=summary,
+        metrics=_read_metrics(path / "metrics.csv"),
+        config=_read_yaml(path / ".hydra" / "config.yaml"),
+        loop=hydra.get("runtime", {}).get("choices", {}).get("loop") or summary.get("loop"),
+    )
+
+
+def collect_jobs(sweep_dir: Path, *, sweep_ended: bool = False) -> list[Job]:
+    """Every job directory in `sweep_dir` (one holding summary.json, metrics.csv or .hydra/),
+    by job number. Jobs that never started have no directory and are simply absent."""
+    found = [p for p in sweep_dir.iterdir() if p.is_dir() and _is_run_dir(p)]
+    jobs = [load_job(p, sweep_ended=sweep_ended) for p in found]
+    return sorted(jobs, key=lambda j: (j.num is None, j.num or 0, j.path.name))
+
+
+def swept_keys(sweep_dir: Path, jobs: Sequence[Job]) -> list[str]:
+    """The keys the sweep varied: from the command line Hydra saved in multirun.yaml (sweep
+    overrides and `hydra.sweeper.params`), else the keys whose values differ between jobs."""
+    multirun = _read_yaml(sweep_dir / "multirun.yaml").get("hydra", {})
+    task = multirun.get("overrides", {}).get("task")
+    if isinstance(task, list):
+        from runner.cli import swept_keys as parse_swept
+
+        keys = parse_swept(["-m", *map(str, task)])
+        if keys is not None:
+            params = (multirun.get("sweeper") or {}).get("params") or {}
+            return list(dict.fromkeys([*keys, *map(str, params)]))
+    seen = dict.fromkeys(o.partition("=")[0].lstrip("+~") for job in jobs for o in job.overrides)
+    return [key for key in seen if len({job.value(key) for job in jobs}) > 1]
+
+
+# --- summary.csv -----------------------------------------------------------------------------
+def summary_table(jobs: Sequence[Job], swept: Sequence[str], root: Path) -> pd.DataFrame:
+    """One row per job: number, swept values, status, losses, steps, wall time, final parameters
+    (`param/<name>[/<i>]` as in metrics.csv) and the job directory relative to `root`.
+
+    A job that never finished is described by the last row of its metrics.csv.
+    """
+    import pandas as pd
+
+    rows, param_columns = [], {}
+    for job in jobs:
+        row: dict[str, Any] = {"job": job.num}
+        row.update({key: job.value(key) for key in swept})
+        row.update(_results(job))
+        params = _final_params(job)
+        param_columns.update(dict.fromkeys(params))
+        row.update(params)
+        row["dir"] = job.path.relative_to(root).as_posix() if job.path != root else "."
+        rows.append(row)
+    columns = ["job", *swept, *SUMMARY_COLUMNS, *param_columns, "dir"]
+    table = pd.DataFrame(rows, columns=columns)
+    table["job"] = table["job"].astype("Int64")
+    table["steps_completed"] = table["steps_completed"].astype("Int64")
+    for key in swept:  # numbers stay numbers, so the CSV sorts and plots as users expect
+        numeric = pd.to_numeric(table[key], errors="coerce")
+        if numeric.notna().sum() == table[key].notna().sum():
+            table[key] = numeric
+    return table
+
+
+def _results(job: Job) -> dict[str, Any]:
+    s, m = job.summary, job.metrics
+    if job.status == "crashed" and m is not None and len(m):
+        losses = m["loss"].to_numpy(float)
+        finite = losses[np.isfinite(losses)]
+        return {
+            "status": job.status,
+            "final_loss": float(losses[-1]),
+            "best_loss": float(finite.min()) if finite.size else math.nan,
+            "steps_completed": int(m["step"].iloc[-1]),
+            "wall_s": math.nan,  # the run never measured it
+        }
+    return {
+        "status": job.status,
+        "final_loss": _number(s.get("final_loss")),
+        "best_loss": _number(s.get("best_loss")),
+        "steps_completed": s.get("steps_completed"),
+        "wall_s": _number(s.get("wall_s")) if job.status != "crashed" else math.nan,
+    }
+
+
+def _final_params(job: Job) -> dict[str, float]:
+    """Final parameters flattened and named as metrics.csv names them."""
+    m = job.metrics
+    if job.status == "crashed" and m is not None and len(m):
+        return {c: float(m[c].iloc[-1]) for c in m.columns if c.startswith(("param/", "param_"))}
+    params = job.summary.get("params")
+    if job.status == "crashed" or not params:  # a crashed summary only holds the initial values
+        return {}
+    from runner.metrics import Layout
+
+    # JSON null stands for NaN; float arrays read it back as such
+    arrays = {name: np.asarray(v, dtype=float) for name, v in params.items()}
+    layout = Layout({name: a.shape for name, a in arrays.items()}, job.max_elements)
+    flat = [a.reshape(-1) for a in arrays.values()]
+    row = np.concatenate([[math.nan, math.nan], *flat, np.zeros(layout.n_values)])
+    values = layout.table(row[None, :])[0]
+    return {
+        c: float(v) for c, v in zip(layout.columns, values, strict=True) if c.startswith("param")
+    }
+
+
+# --- parity.csv ------------------------------------------------------------------------------
+def parity_table(jobs: Sequence[Job]) -> pd.DataFrame | None:
+    """For each pair of jobs whose overrides are equal but for `loop`: the largest relative gap
+    in loss, parameters and gradients over their common logged steps, and the first step where
+    any gap exceeds the tolerance of their dtype (empty when none does). None without pairs."""
+    import pandas as pd
+
+    groups: dict[tuple[str, ...], list[Job]] = defaultdict(list)
+    for job in jobs:
+        if job.loop is not None:
+            setting = tuple(
+                sorted(o for o in job.overrides if o.split("=")[0].lstrip("+~") != "loop")
+            )
+            groups[setting].append(job)
+    rows = []
+    for setting, members in groups.items():
+        for a, b in combinations(members, 2):
+            if a.loop != b.loop:
+                rows.append({"setting": " ".join(setting), **compare_runs(a, b)})
+    if not rows:
+        return None
+    table = pd.DataFrame(rows, columns=PARITY_COLUMNS)
+    for column in ("job_a", "job_b", "steps_compared", "first_step_over_tolerance"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
+def compare_runs(a: Job, b: Job) -> dict[str, Any]:
+    """The parity row of two runs (see parity_table)."""
+    tolerance = max(TOLERANCE.get(a.dtype, 1e-5), TOLERANCE.get(b.dtype, 1e-5))
+    row: dict[str, Any] = {
+        "loop_a": a.loop,
+        "loop_b": b.loop,
+        "job_a": a.num,
+        "job_b": b.num,
+        "dtype": a.dtype if a.dtype == b.dtype else f"{a.dtype}/{b.dtype}",
+        "tolerance": tolerance,
+        "steps_compared": 0,
+        "loss_gap": math.nan,
+        "param_gap": math.nan,
+        "grad_gap": math.nan,
+        "first_step_over_tolerance": None,
+    }
+    if a.metrics is None or b.metrics is None:
+        return row
+    both = a.metrics.merge(b.metrics, on="step", suffixes=("@a", "@b"))
+    row["steps_compared"] = len(both)
+    if not len(both):
+        return row
+    over = np.zeros(len(both), dtype=bool)
+    worst: dict[str, float] = {}
+    for column in a.metrics.columns:
+        kind = _column_kind(column)
+        if kind is None or column not in b.metrics.columns:
+            continue
+        gap = relative_gap(both[f"{column}@a"].to_numpy(float), both[f"{column}@b"].to_numpy(float))
+        worst[kind] = max(worst.get(kind, 0.0), float(gap.max()))
+        over |= gap > tolerance
+    row.update({f"{kind}_gap": value for kind, value in worst.items()})
+    if over.any():
+        row["first_step_over_tolerance"] = int(both["step"].to_numpy()[over][0])
+    return row
+
+
+def relative_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| at each step over the largest |value| either run has reached so far.
+
+    The running scale judges a value near zero (a gradient at convergence) by the size the
+    column has had, not by itself; and, unlike the column's overall maximum, it does not let a
+    later blow-up hide an early gap. Equal values (inf == inf, NaN and NaN) are no gap; a
+    non-finite value against a different one is an infinite gap.
+    """
+    size = np.fmax(np.abs(np.where(np.isfinite(a), a, 0)), np.abs(np.where(np.isfinite(b), b, 0)))
+    scale = np.maximum.accumulate(size) if size.size else size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.abs(a - b) / scale
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    gap[same] = 0.0
+    gap[~same & ~np.isfinite(gap)] = math.inf
+    return gap
+
+
+def _column_kind(column: str) -> str | None:
+    if column == "loss":
+        return "loss"
+    if column.startswith(("param/", "param_norm/")):
+        return "param"
+    if column.startswith(("grad/", "grad_norm")):
+        return "grad"
+    return None  # step; lr is the schedule, the same by construction
+
+
+# --- plots -----------------------------------------------------------------------------------
+def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_title: str = ""):
+    """Loss against step for every job that logged any, on a log scale.
+
+    The y range is that of the jobs that did not diverge (and where diverged ones started), so
+    a blow-up to 1e30 does not flatten the comparison; a diverged job ends in an X, on the top
+    edge when it left the range. A loss of exactly 0, which a log scale cannot show, is a
+    triangle on the bottom edge at the step it was reached.
+    """
+    fig, ax = _figure()
+    curves = []
+    for job, label, color in zip(jobs, labels, _colors(len(jobs)), strict=True):
+        if job.metrics is None or not len(job.metrics):
+            continue
+        step = job.metrics["step"].to_numpy()
+        loss = job.metrics["loss"].to_numpy(float)
+        positive = np.isfinite(loss) & (loss > 0)
+        zeros = np.flatnonzero(loss == 0)
+        notes = [_status_note(job)] if job.status != "completed" else []
+        if zeros.size:
+            notes.append(f"loss 0 from step {step[zeros[0]]}")
+        ax.plot(
+            step,
+            np.where(positive, loss, np.nan),
+            color=color,
+            lw=1.5,
+            marker="o" if len(step) == 1 else None,
+            label=f"{label} ({', '.join(notes)})" if notes else label,
+        )
+        if zeros.size:
+            _edge_marker(ax, step[zeros[0]], "bottom", color)
+        curves.append((job, step, loss, positive, color))
+
+    shown = [loss[positive] for _, _, loss, positive, _ in curves]
+    kept = [
+        loss[positive][:1] if job.status == "diverged" else loss[positive]
+        for job, _, loss, positive, _ in curves
+    ]
+    top = None
+    if any(v.size for v in shown):
+        ax.set_yscale("log")
+        low = min(v.min() for v in shown if v.size)
+        top = max(v.max() for v in (kept if any(v.size for v in kept) else shown) if v.size) * 10
+        ax.set_ylim(low / 2, top)
+    for job, step, loss, positive, color in curves:
+        if job.status != "diverged" or not positive.any():
+            continue
+        last = np.flatnonzero(positive)[-1]
+        if top is not None and loss[last] > top:
+            _edge_marker(ax, step[last], "top", color, marker="X")
+        else:
+            ax.plot(step[last], loss[last], "X", color=color, ms=10, mec="black")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)" if top is not None else "loss")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(title=legend_title or None, fontsize="small", ncol=2 if len(jobs) > 10 else 1)
+    return fig
+
+
+def final_loss_figure(table: pd.DataFrame, key: str, title: str):
+    """Final loss against the one numeric swept `key`, log y, and log x when the values span
+    two decades. Completed jobs form the line; a diverged job is a red X on the top edge, a
+    loss of exactly 0 a triangle on the bottom edge, other statuses grey squares."""
+    fig, ax = _figure()
+    rows = table.sort_values(key)
+    x, loss, status = rows[key].to_numpy(float), rows["final_loss"].to_numpy(float), rows["status"]
+    positive = np.isfinite(loss) & (loss > 0)
+    done = (status == "completed").to_numpy()
+    ax.plot(x[done & positive], loss[done & positive], "o-", color="C0", label="completed")
+    zero = done & (loss == 0)
+    if zero.any():
+        _edge_marker(ax, x[zero], "bottom", "C0", label="completed, final loss 0")
+    diverged = (status == "diverged").to_numpy()
+    if diverged.any():
+        _edge_marker(ax, x[diverged], "top", "red", marker="X", label="diverged")
+    for name in sorted(set(status) - {"completed", "diverged"}):
+        mine = (status == name).to_numpy()
+        shown = mine & positive
+        if shown.any():
+            ax.plot(x[shown], loss[shown], "s", color="grey", mfc="none", ms=8, label=name)
+        if (mine & ~positive).any():  # no loss to place: on the top edge, one legend entry
+            label = None if shown.any() else name
+            _edge_marker(ax, x[mine & ~positive], "top", "grey", marker="s", label=label)
+    if positive.any():
+        ax.set_yscale("log")
+    finite_x = x[np.isfinite(x)]
+    if finite_x.size and finite_x.min() > 0 and finite_x.max() / finite_x.min() >= LOG_X_RATIO:
+        ax.set_xscale("log")
+    if 0 < len(finite_x) <= 12:  # ticks at the swept values themselves
+        ax.set_xticks(finite_x, [f"{v:g}" for v in finite_x])
+        ax.minorticks_off()
+    ax.set_xlabel(key)
+    ax.set_ylabel("final loss (log scale)" if positive.any() else "final loss")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _figure() -> tuple[Figure, Axes]:
+    # A bare Figure, not pyplot: no global figure registry and no backend switch in the
+    # caller's process (a notebook keeps its own); savefig renders PNGs with Agg by itself.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    return list(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, n)))
+
+
+def _edge_marker(ax: Axes, x, edge: str, color, marker: str = "v", label: str | None = None):
+    # x in data coordinates, y on the axes' edge: values a log axis cannot place stay visible
+    y = 0.03 if edge == "bottom" else 0.97
+    xs = np.atleast_1d(x)
+    ax.plot(
+        xs,
+        np.full(len(xs), y),
+        marker,
+        color=color,
+        ms=10,
+        mec="black",
+        transform=ax.get_xaxis_transform(),
+        clip_on=False,
+        label=label,
+    )
+
+
+def _status_note(job: Job) -> str:
+    if job.status == "diverged":
+        at = job.summary.get("diverged_at_step")
+        return f"diverged at step {at}" if at is not None else "diverged"
+    return "" if job.status == "completed" else job.status
+
+
+# --- the report ------------------------------------------------------------------------------
+def write_report(
+    path: Path, *, sweep_ended: bool = False, out: IO[str] | None = None
+) -> list[Path]:
+    """Writes the report of the sweep (or single run) in `path`, prints a table of its jobs,
+    best first, and the files written; returns those files.
+
+    For a sweep: summary.csv, loss.png, final_loss.png (one numeric key swept) and parity.csv
+    (jobs differing only in `loop`). For a single run: its loss.png. `sweep_ended` says the
+    sweep has just ended in this process, so that a job without summary.json failed rather
+    than crashed. Raises NotARunDirectory when `path` holds neither.
+    """
+    out = out if out is not None else sys.stdout
+    path = Path(path).absolute()
+    is_sweep = not _is_run_dir(path)
+    if not is_sweep:
+        jobs, swept = [load_job(path)], []
+    elif not path.exists():
+        raise NotARunDirectory("no such directory")
+    elif not path.is_dir():
+        raise NotARunDirectory("not a directory")
+    else:
+        jobs = collect_jobs(path, sweep_ended=sweep_ended)
+        if not jobs and not (path / "multirun.yaml").exists():
+            raise NotARunDirectory("no summary.json, metrics.csv, multirun.yaml or job in it")
+        swept = swept_keys(path, jobs)
+
+    table = summary_table(jobs, swept, path)
+    written: list[Path] = []
+    if is_sweep:
+        written.append(_save(path / "summary.csv", lambda f: table.to_csv(f, index=False)))
+    if any(job.metrics is not None and len(job.metrics) for job in jobs):
+        labels = _labels(jobs, swept) if is_sweep else [path.name]
+        figure = loss_figure(
+            jobs, labels, f"loss per step: {path.name}", swept[0] if len(swept) == 1 else ""
+        )
+        written.append(_save_figure(path / "loss.png", figure))
+    if is_sweep and len(swept) == 1 and len(table) and _is_numeric(table[swept[0]]):
+        figure = final_loss_figure(table, swept[0], f"final loss against {swept[0]}: {path.name}")
+        written.append(_save_figure(path / "final_loss.png", figure))
+    parity = parity_table(jobs) if is_sweep else None
+    if parity is not None:
+        written.append(_save(path / "parity.csv", lambda f: parity.to_csv(f, index=False)))
+
+    print(_jobs_text(table, jobs, swept), file=out)
+    if parity is not None:
+        print(_parity_text(parity), file=out)
+    for file in written:
+        print(f"wrote {file}", file=out)
+    return written
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    # a swept key of numbers, which final_loss.png can put on an axis
+    from pandas.api.types import is_numeric_dtype
+
+    return bool(is_numeric_dtype(column)) and column.notna().any()
+
+
+def _labels(jobs: Sequence[Job], swept: Sequence[str]) -> list[str]:
+    """Each job's swept values as typed on the command line: `0.001`, or `lr=0.1, loop=numpy`."""
+    labels = []
+    for job in jobs:
+        values = [(key, job.value(key) or "-") for key in swept]
+        if len(values) == 1:
+            labels.append(values[0][1])
+        elif values:
+            labels.append(", ".join(f"{k}={v}" for k, v in values))
+        else:
+            labels.append(f"job {job.num}" if job.num is not None else job.path.name)
+    return labels
+
+
+def _jobs_text(table: pd.DataFrame, jobs: Sequence[Job], swept: Sequence[str]) -> str:
+    """The jobs, best first: completed ones by final loss, then the rest by final loss."""
+    if not len(table):
+        return "no jobs"
+    shown = table[["job", "status", "final_loss"]].astype({"job": object}).fillna({"job": "-"})
+    for key in swept:  # as typed: 1.0 stays 1.0
+        shown[key] = [job.value(key) or "-" for job in jobs]
+    shown = shown.assign(
+        _unfinished=table["status"] != "completed",
+        _loss=table["final_loss"].fillna(math.inf),
+    ).sort_values(["_unfinished", "_loss", "job"], kind="stable")
+    shown = shown.drop(columns=["_unfinished", "_loss"])
+    return shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}")
+
+
+def _parity_text(parity: pd.DataFrame) -> str:
+    bad = parity[parity["first_step_over_tolerance"].notna()]
+    empty = parity[parity["steps_compared"] == 0]
+    lines = [
+        f"parity: {len(parity)} loop pairs, {len(parity) - len(bad) - len(empty)} within "
+        f"tolerance over every logged step"
+    ]
+    for _, row in bad.iterrows():
+        lines.append(
+            f"  {row['loop_a']} vs {row['loop_b']} [{row['setting'] or 'defaults'}]: apart from "
+            f"step {row['first_step_over_tolerance']} (largest gaps: loss {row['loss_gap']:.3g}, "
+            f"param {row['param_gap']:.3g}, grad {row['grad_gap']:.3g}; tolerance "
+            f"{row['tolerance']:g})"
+        )
+    for _, row in empty.iterrows():
+        lines.append(f"  {row['loop_a']} vs {row['loop_b']}: no common logged steps")
+    return "\n".join(lines)
+
+
+def _save(path: Path, write: Callable[[IO[str]], None]) -> Path:
+    with _replacing(path) as tmp, open(tmp, "w", newline="") as f:
+        write(f)
+    return path
+
+
+def _save_figure(path: Path, fig: Figure) -> Path:
+    with _replacing(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return path
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    # Written beside, then renamed into place: a reader (or a second report) never sees half a
+    # file. A plain open, unlike mkstemp's 0600, leaves the file as readable as the umask says.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / name).exists() for name in ("summary.json", "metrics.csv", ".hydra"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or cut short by a killed process
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_yaml(path: Path, default: Any = dict) -> Any:
+    fallback = default() if callable(default) else default
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return fallback
+    return value if value is not None else fallback
+
+
+def _read_metrics(path: Path) -> pd.DataFrame | None:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    return frame if {"step", "loss"} <= set(frame.columns) else None
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _default_dtype() -> str:
+    from runner.schema import TrainConf
+
+    return TrainConf().dtype.value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`runner-report DIR`: rebuilds the report of a sweep or run directory; exit 2 if DIR is
+    neither."""
+    parser = argparse.ArgumentParser(
+        prog="runner-report",
+        description="Rebuild summary.csv, parity.csv and plots of a sweep (or a run's loss.png).",
+    )
+    parser.add_argument("dir", metavar="DIR", type=Path, help="a sweep or run directory")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.dir)
+    except NotARunDirectory as err:
+        print(
+            f"runner-report: error: DIR={args.dir}: expected a run or sweep directory "
+            f"({err.reason})",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
