@@ -29,7 +29,9 @@ def build_optimizer(node: DictConfig) -> Any:
 
 def loop_class(node: DictConfig) -> type:
     """The loop class the config's loop group picks (built later, from a Problem)."""
-    return get_class(node._target_)
+    cls = get_class(node._target_)
+    assert cls.name == node.name, f"loop.name={node.name} but {node._target_} is {cls.name}"
+    return cls
 
 
 def build_parts(cfg: DictConfig) -> dict[str, Any]:

@@ -14,6 +14,8 @@ def resolve_device(name: str, loop: str) -> str:
         if name not in ("cpu", "auto"):
             raise ConfigError("device", name, "cpu or auto with loop=numpy (NumPy runs on the CPU)")
         return "cpu"
+    if name == "cpu":
+        return name  # no need to load torch just to find the CPU
     import torch
 
     available = {

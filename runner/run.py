@@ -48,11 +48,14 @@ def run(
     raised. Any other error is re-raised after the summary says `failed`.
     """
     started = time.perf_counter()
-    loop_cls = loop_class(cfg.loop)
-    validate(cfg, loop_cls.name)
+    loop_name = cfg.loop.name
+    validate(cfg, loop_name)
     train: TrainConf = OmegaConf.to_object(cfg.train)
     log: LogConf = OmegaConf.to_object(cfg.log)
-    device = resolve_device(cfg.device.name.value, loop_cls.name)
+    device = resolve_device(cfg.device.name.value, loop_name)
+    # Data and model come before the loop class: bad input is reported before torch loads.
+    problem = _problem(cfg, train, device)
+    loop_cls = loop_class(cfg.loop)
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
     checkpoint_dir = out_dir / "checkpoint"
@@ -64,7 +67,6 @@ def run(
         finished = _finished(summary_path, train.steps)
         if finished is not None:
             return finished
-    problem = _problem(cfg, train, device)
     loop = loop_cls(problem)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
     tracker = _Tracker(layout, train.steps, log.every_n_steps)

@@ -131,6 +131,7 @@ OPTIMIZER_SCHEMAS = {
 @dataclass
 class LoopConf:
     _target_: str = MISSING
+    name: str = MISSING  # known before the loop's module (and torch) is imported
 
 
 @dataclass

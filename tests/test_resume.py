@@ -102,7 +102,7 @@ def test_resuming_a_completed_run_changes_nothing(tmp_path):
     [
         ("optimizer=adam", "optimizer._target_"),
         ("optimizer.lr=0.5", "optimizer.lr"),
-        ("model=scalar", "model._target_"),
+        ("model.init=0.5", "model.init"),
         ("data.noise=0.3", "data.noise"),
         ("train.seed=9", "data.seed"),  # synthetic data follows train.seed
         ("loop=numpy", "loop"),
