@@ -5,6 +5,7 @@ DictConfig stops here: below this module everything takes plain values and small
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -27,9 +28,11 @@ from runner.signals import Interrupted, StopSignals
 from runner.sinks.csv_sink import CsvSink
 from runner.sinks.summary import write_summary
 
-# On a GPU, records stay on the device and move to the host this many at a time (one sync per
-# chunk); on the CPU a transfer is free, so every step is checked for divergence at once.
-DEVICE_CHUNK = 64
+# Records stay in the loop's arrays (on its device) and move to the host this many at a time, or
+# sooner when a step is slow: one transfer and one round of bookkeeping per chunk, and on a GPU
+# one synchronisation. A divergence found in a chunk ends the run at its step; the few steps
+# computed past it are never logged.
+CHUNK = 64
 
 
 def run(
@@ -100,11 +103,14 @@ def run(
         checkpoint.save(checkpoint_dir, loop_cls.backend, loop.state(), meta | fingerprint)
 
     every = train.checkpoint_every
-    chunk = 1 if device == "cpu" else DEVICE_CHUNK
+    # A finished step waits at most half of log.flush_secs to reach the host, and logged rows
+    # at most the other half to reach the disk: on disk within log.flush_secs of their step.
+    half = log.flush_secs / 2
     first = (resume_at or 0) + 1
     sinks: list = []
     pending: list = []
     train_started = time.perf_counter()
+    moved = flushed = time.monotonic()
     # Divergence is the runner's to detect and report, so NumPy's overflow warnings are noise.
     with StopSignals() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
@@ -116,8 +122,14 @@ def run(
                     pending.append(record)
                     due = every > 0 and record.step % every == 0
                     last = record.step == train.steps or stop.signum is not None
-                    if len(pending) >= chunk or last or due:
+                    now = time.monotonic()
+                    if len(pending) >= CHUNK or last or due or now - moved >= half:
+                        moved = now
                         tracker.consume(loop.to_host(pending), sinks)
+                        if now - flushed >= half:
+                            flushed = now
+                            for sink in sinks:
+                                sink.flush()
                         bar.set_postfix_str(f"loss={tracker.last_row[0]:.4g}", refresh=False)
                         bar.update(len(pending))
                         pending.clear()
@@ -131,11 +143,13 @@ def run(
                 summary["status"] = "completed" if stop.signum is None else "interrupted"
                 if every > 0 and tracker.steps_completed % every != 0:
                     save_checkpoint()  # resume (or a longer train.steps) continues from here
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what reached the host
-            summary["status"] = "interrupted"
-            raise
-        except BaseException:
-            summary["status"] = "failed"
+        except BaseException as err:
+            # A second Ctrl-C or a crash: the steps that finished are still logged.
+            interrupted = isinstance(err, KeyboardInterrupt)
+            summary["status"] = "interrupted" if interrupted else "failed"
+            if pending and pending[0].step == tracker.steps_completed + 1:
+                with contextlib.suppress(Exception):
+                    tracker.consume(loop.to_host(pending), sinks)
             raise
         finally:
             train_s = time.perf_counter() - train_started
@@ -289,9 +303,7 @@ def _open_sinks(
 ) -> list:
     sinks: list = []
     if log.csv:
-        sinks.append(
-            CsvSink(out_dir / "metrics.csv", layout.columns, dtype, log.flush_secs, resume_at)
-        )
+        sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, resume_at))
     if log.tensorboard:
         from runner.sinks.tensorboard_sink import TensorBoardSink, hparams_of
 
@@ -301,7 +313,6 @@ def _open_sinks(
                 layout,
                 config_yaml=OmegaConf.to_yaml(cfg),
                 hparams=hparams_of(cfg, overrides, choices),
-                flush_secs=log.flush_secs,
                 resume_at=resume_at,
             )
         )

@@ -72,18 +72,22 @@ class Loop(Protocol):
         ...
 
 
+def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
+    """Host rows [loss, lr, params..., grads...] of records holding `xp` arrays (see
+    Loop.to_host): one stack per parameter across the records, one transfer for them all."""
+    k = len(records)
+    names = list(records[0].params)
+    blocks = [xp.stack([r.loss for r in records]).reshape(k, 1)]
+    blocks += [xp.stack([r.params[n] for r in records]).reshape(k, -1) for n in names]
+    blocks += [xp.stack([r.grads[n] for r in records]).reshape(k, -1) for n in names]
+    values = to_numpy(xp.concatenate(blocks, axis=1))  # (K, 1 + 2P), in the loop's dtype
+    rows = np.empty((k, values.shape[1] + 1))
+    rows[:, 0] = values[:, 0]
+    rows[:, 1] = [r.lr for r in records]
+    rows[:, 2:] = values[:, 1:]
+    return rows
+
+
 def pack_numpy(records: list[StepRecord]) -> np.ndarray:
-    """Host rows of records whose values are NumPy arrays (see Loop.to_host)."""
-    return np.array(
-        [
-            np.concatenate(
-                [
-                    [r.loss, r.lr],
-                    *(np.ravel(p) for p in r.params.values()),
-                    *(np.ravel(g) for g in r.grads.values()),
-                ]
-            )
-            for r in records
-        ],
-        dtype=np.float64,
-    )
+    """Host rows of records whose values are NumPy arrays."""
+    return pack_rows(records, np, np.asarray)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runner.loops import Problem, StepRecord
+from runner.loops import Problem, StepRecord, pack_rows
 
 
 class TorchData:
@@ -30,22 +30,6 @@ class TorchData:
 
 
 def pack_torch(records: list[StepRecord]) -> np.ndarray:
-    """Host rows [loss, lr, params..., grads...] of records holding device tensors.
-
-    The rows are concatenated and stacked on the device and copied to the host in one transfer,
-    so on a GPU this is the only synchronisation, once per chunk of records.
-    """
-    stacked = torch.stack(
-        [
-            torch.cat(
-                [
-                    r.loss.reshape(1),
-                    *(p.reshape(-1) for p in r.params.values()),
-                    *(g.reshape(-1) for g in r.grads.values()),
-                ]
-            )
-            for r in records
-        ]
-    )
-    rows = stacked.to(device="cpu", dtype=torch.float64).numpy()
-    return np.insert(rows, 1, [r.lr for r in records], axis=1)
+    """Host rows of records holding device tensors: stacked on the device and copied in one
+    transfer, so on a GPU this is the only synchronisation, once per chunk of records."""
+    return pack_rows(records, torch, lambda t: t.detach().to("cpu").numpy())

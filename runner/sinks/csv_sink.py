@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ import numpy as np
 class CsvSink:
     """Appends rows to `path`, in whole lines only: a killed run never leaves a torn row.
 
-    Lines wait in memory and reach the file in one os.write at most `flush_secs` after they were
-    written here (and on close), so logging costs no syscall per step.
+    Lines wait in memory until `flush()` (the runner calls it on a timer, and on close) and then
+    reach the file in one os.write, so logging costs no syscall per step.
     """
 
     def __init__(
@@ -21,11 +20,9 @@ class CsvSink:
         path: Path,
         columns: list[str],
         dtype: str,
-        flush_secs: float,
         resume_at: int | None = None,
     ) -> None:
         self.path = path
-        self.flush_secs = flush_secs
         # Values print as the shortest decimal that reads back to the same number in the run's
         # dtype: float32 runs show 21.675, not 21.674999237060547.
         self._scalar = np.dtype(dtype).type
@@ -33,15 +30,12 @@ class CsvSink:
         kept = _rows_up_to(path, resume_at, header) if resume_at is not None else header
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._pending = [kept]
-        self._last_flush = time.monotonic()
         self.flush()
 
     def write(self, steps: np.ndarray, table: np.ndarray, rows: np.ndarray) -> None:
         scalar = self._scalar
         for step, values in zip(steps.tolist(), table.astype(scalar), strict=True):
             self._pending.append(f"{step},{','.join(map(str, values))}\n")
-        if time.monotonic() - self._last_flush >= self.flush_secs:
-            self.flush()
 
     def flush(self) -> None:
         if self._pending:
@@ -49,7 +43,6 @@ class CsvSink:
             self._pending.clear()
             while data:  # a regular file takes it all at once; loop for the odd short write
                 data = data[os.write(self._fd, data) :]
-        self._last_flush = time.monotonic()
 
     def close(self, summary: dict | None = None) -> None:
         if self._fd is not None:

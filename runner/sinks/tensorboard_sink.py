@@ -4,7 +4,6 @@ written into the run's own directory. Built on runner.tb_writer, so it never imp
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,9 @@ class TensorBoardSink:
         layout: Layout,
         config_yaml: str,
         hparams: Mapping[str, Any],
-        flush_secs: float,
         resume_at: int | None = None,
     ) -> None:
-        self.layout, self.flush_secs = layout, flush_secs
+        self.layout = layout
         if resume_at is None:
             for stale in log_dir.glob("events.out.tfevents.*"):  # from an attempt started over
                 stale.unlink()
@@ -43,7 +41,6 @@ class TensorBoardSink:
             self.writer.continue_hparams_session()
             self.writer.add_restart(resume_at + 1)
         self._histograms = [n for n, s in layout.shapes.items() if int(np.prod(s)) > 1]
-        self._last_flush = time.monotonic()
         self.writer.flush()
 
     def write(self, steps: np.ndarray, table: np.ndarray, rows: np.ndarray) -> None:
@@ -52,12 +49,9 @@ class TensorBoardSink:
             for kind in ("param", "grad"):
                 values = self.layout.block(rows, kind, name)
                 self.writer.add_histogram_rows(f"{kind}/{name}", steps, values)
-        if time.monotonic() - self._last_flush >= self.flush_secs:
-            self.flush()
 
     def flush(self) -> None:
         self.writer.flush()
-        self._last_flush = time.monotonic()
 
     def close(self, summary: dict | None = None) -> None:
         if summary is not None and summary.get("steps_completed"):

@@ -1,0 +1,451 @@
+"""What the runner costs on top of hand-written loops, as ratios (SPEC.md, "Benchmarks").
+
+    python benchmarks/run.py           # full: a few minutes; writes benchmarks/results.json
+    python benchmarks/run.py --fast    # seconds; checks that every measurement runs, times nothing
+
+The problem is seed notebook 000's: w*x on x = 1..4, y = 2x, MSE, SGD with lr 0.01, float32.
+Each ratio compares two things measured side by side in this one process run: repetitions
+alternate (baseline, runner, baseline, runner, ...) so the machine's noise falls on both sides,
+and the ratio is of the two medians. Nothing is subtracted from either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
+from torch import nn
+
+from runner import schema
+from runner.run import run
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+# The issue's targets, as ratio upper bounds.
+TARGET_RUNNER_VS_BARE = 1.10  # runner loop, logging off / its bare loop
+TARGET_LOGGING_COST = 1.25  # runner loop, full logging / the same loop with logging off
+TARGET_NUMPY_VS_OPTIM = 0.35  # `runner loop=numpy` process / `runner loop=optim` process
+TARGET_TORCH_VS_IMPORT = 1.3  # a torch loop's `runner` process / `python -c "import torch"`
+
+LOOPS = ("numpy", "autograd", "optim")
+# What the runner runs for each bare loop below. The defaults already are notebook 000 (model
+# scalar from w = 0, data seed_line, loss mse, SGD lr 0.01, float32); the optim loop's bare
+# version uses nn.Linear(1, 1), so the runner gets model=linear (weight and bias) too.
+LOOP_OVERRIDES = {
+    "numpy": ["loop=numpy"],
+    "autograd": ["loop=autograd"],
+    "optim": ["loop=optim", "model=linear"],
+}
+# The progress bar is off in both: it only shows on a terminal, and the table should stay clean.
+LOGGING_OFF = ["log.csv=false", "log.tensorboard=false", "log.progress=false"]
+# Every step, every parameter and gradient (max_elements 16 covers all of them here).
+LOGGING_FULL = ["log.csv=true", "log.tensorboard=true", "log.every_n_steps=1", "log.progress=false"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much of everything a mode measures."""
+
+    mode: str
+    steps: int  # training steps per in-process measurement
+    reps: int  # interleaved repetitions of each in-process measurement
+    process_reps: int  # interleaved repetitions of each start-up process
+    sweep_jobs: int  # learning rates in the sweep
+    sweep_steps: int  # train.steps of every sweep job (and of the single run)
+    sweep_reps: int
+    warmup: bool  # one untimed run of each process first (page cache, .pyc files)
+
+
+FULL = Settings("full", 4000, 9, 7, 64, 100, 3, True)
+# Small enough for the test suite; the numbers it gives mean nothing.
+FAST = Settings("fast", 50, 1, 1, 3, 5, 1, False)
+
+
+# -- bare loops: what a user would write by hand -------------------------------------------
+# Each returns (seconds for `steps` steps, final weight, loss of the last step).
+
+
+def bare_numpy(steps: int) -> tuple[float, float, float]:
+    """NumPy with the mean gradient of the MSE, dL/dw = 2*mean(x*(w*x - y))."""
+    x = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    y = 2 * x
+    w, lr = np.float32(0.0), np.float32(0.01)
+    start = time.perf_counter()
+    for _ in range(steps):
+        err = w * x - y
+        loss = np.mean(err**2)  # the runner reports it, so the bare loop computes it too
+        w = w - lr * 2 * np.mean(x * err)
+    return time.perf_counter() - start, float(w), float(loss)
+
+
+def bare_autograd(steps: int) -> tuple[float, float, float]:
+    """torch autograd; the hand-written update under no_grad and the gradient zeroed by hand."""
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    y = 2 * x
+    w = torch.tensor(0.0, requires_grad=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = ((w * x - y) ** 2).mean()
+        loss.backward()
+        with torch.no_grad():
+            w -= 0.01 * w.grad
+        w.grad.zero_()
+    return time.perf_counter() - start, w.item(), loss.item()
+
+
+def bare_optim(steps: int) -> tuple[float, float, float]:
+    """nn.Linear(1, 1), nn.MSELoss and torch.optim.SGD, from torch's default init (seed 0)."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    loss_fn = nn.MSELoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # (N, 1)
+    y = 2 * x
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start, model.weight.item(), loss.item()
+
+
+BARE: dict[str, Callable[[int], tuple[float, float, float]]] = {
+    "numpy": bare_numpy,
+    "autograd": bare_autograd,
+    "optim": bare_optim,
+}
+
+
+# -- the runner in this process -------------------------------------------------------------
+
+
+@dataclass
+class Composed:
+    cfg: DictConfig
+    overrides: list[str]
+    choices: dict[str, str]
+
+
+def compose_runs(runs: dict[str, list[str]]) -> dict[str, Composed]:
+    """Each name's config, composed from the shipped conf/ as `runner OVERRIDES...` would."""
+    schema.register()
+    out = {}
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        for name, overrides in runs.items():
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            # The CLI hands run() the group choices (they label the run in HParams); do the same.
+            choices = dict(cfg.hydra.runtime.choices)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            out[name] = Composed(cfg, overrides, choices)
+    return out
+
+
+def runner_seconds_per_step(run_cfg: Composed, out_dir: Path, steps: int) -> float:
+    """The runner's own measure: wall time of the training part (sinks included) / steps."""
+    summary = run(run_cfg.cfg, out_dir, run_cfg.overrides, run_cfg.choices)
+    if summary["status"] != "completed" or summary["steps_completed"] != steps:
+        raise RuntimeError(f"{run_cfg.overrides}: {summary['status']}, {summary}")
+    return 1.0 / summary["steps_per_s"]
+
+
+def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """Per-step time of each loop: bare, in the runner with logging off, and fully logged."""
+    steps, fast = settings.steps, settings.mode == "fast"
+    runs, warmups = {}, {}
+    for loop in LOOPS:
+        for kind, logging in (("off", LOGGING_OFF), ("full", LOGGING_FULL)):
+            runs[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *logging, f"train.steps={steps}"]
+            warmups[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *logging, "train.steps=5"]
+    composed, warm = compose_runs(runs), compose_runs(warmups)
+    out_dirs = (work / f"run{i}" for i in range(1_000_000))
+    # An untimed first round: imports (tensorboard's protos, torch.optim) and first-call caches
+    # belong to start-up, which is measured on its own.
+    for loop in LOOPS:
+        BARE[loop](50)
+        for kind in ("off", "full"):
+            runner_seconds_per_step(warm[f"{loop}/{kind}"], next(out_dirs), 5)
+    samples: dict[str, list[float]] = {key: [] for key in [*runs, *(f"{x}/bare" for x in LOOPS)]}
+    for _ in range(settings.reps):
+        for loop in LOOPS:
+            samples[f"{loop}/bare"].append(BARE[loop](steps)[0] / steps)
+            for kind in ("off", "full"):
+                key = f"{loop}/{kind}"
+                samples[key].append(runner_seconds_per_step(composed[key], next(out_dirs), steps))
+    results = {}
+    for loop in LOOPS:
+        bare, off, full = (samples[f"{loop}/{kind}"] for kind in ("bare", "off", "full"))
+        bare_label = f"bare {loop} loop, {steps} steps"
+        off_label, full_label = (f"runner {' '.join(runs[f'{loop}/{k}'])}" for k in ("off", "full"))
+        results[f"step/{loop}/logging_off"] = measurement(
+            "s/step", off_label, off, bare_label, bare, TARGET_RUNNER_VS_BARE, fast
+        )
+        results[f"step/{loop}/logging_full"] = measurement(
+            "s/step", full_label, full, bare_label, bare, None, fast
+        )
+        results[f"step/{loop}/logging_cost"] = measurement(
+            "s/step", full_label, full, off_label, off, TARGET_LOGGING_COST, fast
+        )
+    return results
+
+
+# -- whole processes ------------------------------------------------------------------------
+
+
+def runner_command() -> list[str]:
+    """The `runner` console script of this interpreter's environment (else `python -m runner`)."""
+    script = Path(sys.executable).with_name("runner")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "runner"]
+
+
+def process_seconds(cmd: Sequence[str], cwd: Path) -> float:
+    """Wall time of one process, from spawn to exit; a failure stops the benchmark."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{proc.stderr}")
+    return seconds
+
+
+def interleaved(
+    commands: dict[str, list[str]], reps: int, warmup: bool, work: Path
+) -> dict[str, list[float]]:
+    """Wall seconds of each command, run in turn `reps` times (each in a fresh directory)."""
+    counter = iter(range(1_000_000))
+    if warmup:
+        for cmd in commands.values():
+            process_seconds(cmd, work / f"p{next(counter)}")
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(reps):
+        for name, cmd in commands.items():
+            samples[name].append(process_seconds(cmd, work / f"p{next(counter)}"))
+    return samples
+
+
+# A user's own one-step torch.optim script, as a process: constructing any torch.optim optimizer
+# imports torch._dynamo (about as long as `import torch` itself), which the runner cannot avoid.
+BARE_OPTIM_PROCESS = (
+    "import torch; m = torch.nn.Linear(1, 1); opt = torch.optim.SGD(m.parameters(), lr=0.01); "
+    "x = torch.arange(1.0, 5.0)[:, None]; opt.zero_grad(); "
+    "torch.nn.MSELoss()(m(x), 2 * x).backward(); opt.step()"
+)
+
+
+def measure_startup(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """Whole-process wall time of one-step runs, against processes that only use torch."""
+    runner = runner_command()
+    runs = {loop: f"runner loop={loop} train.steps=1" for loop in LOOPS}
+    torch_only, bare_optim = 'python -c "import torch"', "python -c <one-step torch.optim script>"
+    commands = {
+        torch_only: [sys.executable, "-c", "import torch"],
+        **{runs[loop]: [*runner, f"loop={loop}", "train.steps=1"] for loop in LOOPS},
+        bare_optim: [sys.executable, "-c", BARE_OPTIM_PROCESS],
+    }
+    s = interleaved(commands, settings.process_reps, settings.warmup, work)
+    fast = settings.mode == "fast"
+
+    def row(runner_run: str, baseline_run: str, target: float | None) -> dict[str, Any]:
+        return measurement(
+            "s", runner_run, s[runner_run], baseline_run, s[baseline_run], target, fast
+        )
+
+    return {
+        "startup/numpy_vs_optim": row(runs["numpy"], runs["optim"], TARGET_NUMPY_VS_OPTIM),
+        "startup/optim_vs_import_torch": row(runs["optim"], torch_only, TARGET_TORCH_VS_IMPORT),
+        "startup/autograd_vs_import_torch": row(
+            runs["autograd"], torch_only, TARGET_TORCH_VS_IMPORT
+        ),
+        "startup/numpy_vs_import_torch": row(runs["numpy"], torch_only, None),
+        # The runner's own share on the torch.optim path, torch's imports set aside.
+        "startup/optim_vs_bare_optim_script": row(runs["optim"], bare_optim, None),
+    }
+
+
+def sweep_rates(n: int) -> list[str]:
+    """`n` learning rates spread evenly in log scale over 1e-4..0.1 (all stable here: w*x on
+    x = 1..4 diverges above lr 2/15)."""
+    return [f"{lr:.4g}" for lr in np.geomspace(1e-4, 0.1, n)]
+
+
+def measure_sweep(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """A sweep through Hydra's basic launcher, against one run with the same settings."""
+    runner = runner_command()
+    steps = f"train.steps={settings.sweep_steps}"
+    rates = sweep_rates(settings.sweep_jobs)
+    sweep_cmd = [*runner, "-m", f"optimizer.lr={','.join(rates)}", steps]
+    single_cmd = [*runner, "optimizer.lr=0.01", steps]
+    # No warm-up: the start-up measurements just ran the same command many times.
+    s = interleaved({"sweep": sweep_cmd, "single": single_cmd}, settings.sweep_reps, False, work)
+    # Every job must have run to the end, or the sweep's time means nothing.
+    for sweep_dir in work.iterdir():
+        summaries = list(sweep_dir.glob("multirun/**/summary.json"))
+        if summaries:
+            done = [json.loads(p.read_text())["status"] == "completed" for p in summaries]
+            if len(done) != len(rates) or not all(done):
+                raise RuntimeError(f"sweep in {sweep_dir}: {sum(done)}/{len(rates)} jobs completed")
+    n = len(rates)
+    sweep_label = f"runner -m optimizer.lr=<{n} rates> {steps}"
+    entry = measurement(
+        "s",
+        sweep_label,
+        s["sweep"],
+        f"runner optimizer.lr=0.01 {steps}",
+        s["single"],
+        None,
+        settings.mode == "fast",
+    )
+    entry["jobs"] = n
+    return {
+        f"sweep/basic_launcher_{n}": entry,
+        f"sweep/vectorized_{n}": {
+            "status": "not available yet",
+            # The runner has no vectorized sweep path yet: nothing to measure, nothing invented.
+            "runner_run": f"the same {n} rates trained at once in one vectorized run",
+            "baseline_run": sweep_label,
+            "unit": "s",
+            "runner": None,
+            "baseline": None,
+            "ratio": None,
+            "target": None,
+            "met": None,
+        },
+    }
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+def measurement(
+    unit: str,
+    runner_label: str,
+    runner_samples: list[float],
+    baseline_label: str,
+    baseline_samples: list[float],
+    target: float | None,
+    fast: bool,
+) -> dict[str, Any]:
+    """One row: medians of both sides, their ratio, and whether it meets `target` (an upper
+    bound); a fast run's numbers are not measurements, so it judges nothing."""
+    runner_median = statistics.median(runner_samples)
+    baseline_median = statistics.median(baseline_samples)
+    ratio = runner_median / baseline_median
+    return {
+        "status": "measured",
+        "runner_run": runner_label,
+        "baseline_run": baseline_label,
+        "unit": unit,
+        "runner": runner_median,
+        "baseline": baseline_median,
+        "ratio": ratio,
+        "target": target,
+        "met": None if fast or target is None else ratio <= target,
+        "runner_samples": runner_samples,
+        "baseline_samples": baseline_samples,
+    }
+
+
+def environment(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
+    """What the numbers depend on, and the command line (script path relative to the repo)."""
+    script = Path(argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else Path(script.name)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "mode": settings.mode,
+        "command": shlex.join(["python", str(shown), *argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "hydra": hydra.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "torch_threads": torch.get_num_threads(),
+        # Without cached bytecode every process compiles its modules again: slower start-ups.
+        "dont_write_bytecode": bool(sys.flags.dont_write_bytecode),
+        "settings": asdict(settings),
+    }
+
+
+def _value(seconds: float, unit: str) -> str:
+    return f"{seconds * 1e6:.1f} us" if unit == "s/step" else f"{seconds:.3f} s"
+
+
+def table(measurements: dict[str, dict[str, Any]], fast: bool) -> str:
+    """One line per measurement: runner, baseline, ratio, target and whether it is met."""
+    header = ("measurement", "runner", "baseline", "ratio", "target", "met")
+    lines = []
+    for name, m in measurements.items():
+        if m["status"] != "measured":
+            lines.append((name, m["status"], "", "", "", ""))
+            continue
+        target = "" if m["target"] is None else f"<= {m['target']:.2f}"
+        met = "-" if m["target"] is None else {None: "n/a", True: "yes", False: "NO"}[m["met"]]
+        lines.append(
+            (
+                name,
+                _value(m["runner"], m["unit"]),
+                _value(m["baseline"], m["unit"]),
+                f"{m['ratio']:.3f}",
+                target,
+                met,
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    out = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *lines]
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    if fast:
+        out.append("(fast mode: checks that each measurement runs; the numbers mean nothing)")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs every measurement, writes the results file and prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fast", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="results file")
+    args = parser.parse_args(argv)
+    settings = FAST if args.fast else FULL
+    env = environment(settings, [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+        work = Path(tmp)
+        measurements = {
+            **measure_steps(settings, work / "steps"),
+            **measure_startup(settings, work / "startup"),
+            **measure_sweep(settings, work / "sweep"),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = {"environment": env, "measurements": measurements}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(measurements, settings.mode == "fast"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
