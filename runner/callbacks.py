@@ -28,3 +28,13 @@ class SweepReport(Callback):
         except Exception as err:
             message = " ".join(str(err).split()) or type(err).__name__
             print(f"runner: no sweep report in {sweep_dir}: {message}", file=sys.stderr, flush=True)
+
+
+class QuietOptuna(Callback):
+    """Keeps Optuna's per-study log line off the console; it resets its logger after Hydra has
+    configured logging, so the level has to be set once the sweep starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)

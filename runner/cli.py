@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -43,7 +44,9 @@ def _task(cfg: DictConfig) -> float | None:
         _FAILED_JOBS.append(code)
         return None
     print(final_line(summary, out_dir), flush=True)
-    return summary["final_loss"]  # what a sweeper (e.g. Optuna) minimises
+    # What a sweeper (e.g. Optuna) minimises; a diverged run's NaN would abort Optuna's study.
+    loss = summary["final_loss"]
+    return math.inf if loss is None or math.isnan(loss) else loss
 
 
 def final_line(summary: dict, out_dir: Path) -> str:

@@ -1,0 +1,192 @@
+"""Hydra's launcher and sweeper plugins (the optional extras) through the real command line:
+joblib, submitit_local and Ray run a sweep's jobs to the same results, in the same directories, as
+the basic launcher, and the Optuna preset finds a good learning rate (slow: real CLI starts)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from runner.run import run
+from runner.schema import SWEPT_KEYS_ENV
+from tests.helpers import compose_config, run_cli
+
+pytestmark = pytest.mark.slow
+
+RATES = ["0.001", "0.01", "0.1", "1.0"]  # at float32, lr 1.0 diverges within 20 steps
+JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
+SWEEP = (
+    "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=20", "loop=numpy",
+    "log.tensorboard=false",
+)  # fmt: skip
+
+
+def sweep_with(launcher: str, root: Path, *args: str, **env: str) -> Path:
+    """The SWEEP run by `hydra/launcher=<launcher>` into root/<launcher>; returns that dir."""
+    sweep = root / launcher
+    result = run_cli(
+        *SWEEP, f"hydra/launcher={launcher}", *args, f"hydra.sweep.dir={sweep}", cwd=root, **env
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == JOBS
+    return sweep
+
+
+def results(sweep: Path) -> pd.DataFrame:
+    """summary.csv without its one column that differs from run to run (wall time)."""
+    return pd.read_csv(sweep / "summary.csv").drop(columns="wall_s")
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory) -> pd.DataFrame:
+    """The SWEEP's summary.csv as Hydra's basic launcher, one job after another, leaves it."""
+    table = results(sweep_with("basic", tmp_path_factory.mktemp("basic")))
+    assert table["status"].tolist() == ["completed"] * 3 + ["diverged"]
+    return table
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
+    sweep = sweep_with(launcher, tmp_path)
+    pd.testing.assert_frame_equal(results(sweep), basic, check_exact=False, rtol=1e-12)
+    if launcher == "submitit_local":
+        # submitit keeps each job's console output in the job's log, not on the sweep's console
+        logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out"))
+        for job in JOBS:
+            assert f"-> {sweep / job}\n" in logs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(pgid: int) -> None:
+    """Ends the process group `pgid` (a Ray started by the test): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5  # Ray's own graceful stop can take far longer
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray on 127.0.0.1, started for the test and stopped after it: its address and
+    the environment a client of it needs."""
+    missing = [m for m in ("ray", "hydra_plugins.hydra_ray_launcher") if find_spec(m) is None]
+    if missing:
+        pytest.skip(
+            f"{' and '.join(missing)} not installed (pip install -e '.[ray]'; not in dev: "
+            "hydra-ray-launcher needs cloudpickle<3, joblib 1.6 needs cloudpickle>=3)"
+        )
+    ray_env = {
+        # Ray listens on the loopback only when it does not take the machine for a cluster node.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # a token of this test's own, whatever ~/.ray holds
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    # The cluster's processes get no RUNNER_SWEPT_KEYS of their own: the launcher must pass it on.
+    env = {k: v for k, v in os.environ.items() if k != SWEPT_KEYS_ENV} | ray_env
+    # short: Ray's socket paths under it must fit in 107 bytes
+    temp_dir = tempfile.mkdtemp(prefix="ray")
+    port = free_port()
+    log = Path(temp_dir) / "start.log"
+    with open(log, "w") as out:
+        start = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head",
+             "--node-ip-address=127.0.0.1", f"--port={port}",
+             f"--ray-client-server-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", "--include-dashboard=false",
+             "--num-cpus=2", "--disable-usage-stats", "--log-color=false",
+             f"--temp-dir={temp_dir}"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        assert start.wait(timeout=120) == 0, log.read_text()
+        assert "Local node IP: 127.0.0.1" in log.read_text()
+        yield f"127.0.0.1:{port}", ray_env
+    finally:
+        stop_group(start.pid)  # the session `ray start` led: every process of this Ray
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_ray_launcher_runs_the_same_jobs_on_a_running_cluster(ray_cluster, basic, tmp_path):
+    address, ray_env = ray_cluster
+    sweep = sweep_with(
+        "ray_cluster", tmp_path, f"hydra.launcher.ray.init.address={address}", **ray_env
+    )
+    pd.testing.assert_frame_equal(results(sweep), basic, check_exact=False, rtol=1e-12)
+
+
+# --- the Optuna preset --------------------------------------------------------------------------
+# The seed problem (w*x on the seed line, SGD) in its default float32, where rates above ~0.35
+# diverge: Optuna must take those trials' infinite loss and go on.
+PROBLEM = ("train.steps=30", "loop=numpy")
+
+
+def best_rate_on_a_grid(tmp_path: Path) -> float:
+    """The best learning rate on a fine log grid over the preset's range, by run() in-process.
+    A band of rates reaches a loss of exactly 0 at float32: the best is that band's middle."""
+    cfg = compose_config(
+        *PROBLEM, "log.progress=false", "log.csv=false", "log.tensorboard=false",
+        "train.checkpoint_every=0",
+    )  # fmt: skip
+    rates = np.geomspace(1e-4, 1.0, 49)
+    losses = []
+    for i, lr in enumerate(rates):
+        cfg.optimizer.lr = float(lr)
+        summary = run(cfg, tmp_path / f"grid{i}")
+        losses.append(np.inf if summary["status"] != "completed" else summary["final_loss"])
+    best = rates[np.asarray(losses) == min(losses)]
+    return float(np.sqrt(best[0] * best[-1]))
+
+
+def test_the_optuna_preset_finds_a_rate_near_the_best(tmp_path):
+    sweep = tmp_path / "optuna"
+    result = run_cli(
+        "-m", "hparams_search=lr_optuna", *PROBLEM, "log.tensorboard=false",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    found = OmegaConf.load(sweep / "optimization_results.yaml").best_params["optimizer.lr"]
+    best = best_rate_on_a_grid(tmp_path)
+    assert best / 3 <= found <= best * 3, (found, best)
+
+    table = pd.read_csv(sweep / "summary.csv")
+    assert table["job"].tolist() == list(range(20))  # n_trials
+    assert "diverged" in set(table["status"])  # an infinite loss did not stop the search
+    assert table.loc[table["final_loss"].idxmin(), "optimizer.lr"] == found
+    # job directories named as in any sweep: number, then the swept (here: searched) value
+    lrs = [float(lr) for lr in table["optimizer.lr"]]
+    assert table["dir"].tolist() == [f"{job}_optimizer.lr={lr!r}" for job, lr in enumerate(lrs)]
+
+    # quiet: no Hydra, plugin or optuna log lines
+    output = (result.stdout + result.stderr).splitlines()
+    assert [line for line in output if "[HYDRA]" in line or "setup plugin" in line] == []
+    assert result.stderr.strip() == "", result.stderr  # QuietOptuna: not even the study line
