@@ -84,6 +84,16 @@ def swept_keys(args: list[str]) -> list[str] | None:
     return [o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override()]
 
 
+def _register_plugins() -> None:
+    # Hydra's plugin scan (pkgutil) cannot see packages that an editable install serves through
+    # its import finder, so the project's own launcher is registered by hand as well.
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.runner_launchers.vectorized_launcher import VectorizedLauncher
+
+    Plugins.instance().register(VectorizedLauncher)
+
+
 def main() -> None:
     """Console entry point. Errors become one line on stderr unless HYDRA_FULL_ERROR=1."""
     global _FULL_ERROR
@@ -93,6 +103,7 @@ def main() -> None:
     swept = swept_keys(sys.argv[1:])
     if swept is not None:
         os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
+    _register_plugins()
     try:
         schema.check_group_choices([a for a in sys.argv[1:] if not a.startswith("-")])
         _task()

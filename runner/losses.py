@@ -1,5 +1,6 @@
 """Losses with mean reduction: the NumPy value and its analytic gradient side by side, and the
-torch.nn loss the torch loops use instead. `pred` and `y` are (N,)."""
+torch.nn loss the torch loops use instead. `pred` and `y` are (N,); `pred` may also be (K, N),
+K models at once (runner.vectorized), giving K losses."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class MSE:
 
     def value_and_grad(self, pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = pred - y
-        return np.mean(r * r), (2.0 / r.size) * r
+        return np.mean(r * r, axis=-1), (2.0 / r.shape[-1]) * r
 
     def torch_loss(self):
         from torch import nn
@@ -28,7 +29,7 @@ class L1:
 
     def value_and_grad(self, pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = pred - y
-        return np.mean(np.abs(r)), np.sign(r) / r.size
+        return np.mean(np.abs(r), axis=-1), np.sign(r) / r.shape[-1]
 
     def torch_loss(self):
         from torch import nn
@@ -47,7 +48,7 @@ class Huber:
         a = np.abs(r)
         quadratic = a < self.delta
         per_sample = np.where(quadratic, 0.5 * r * r, self.delta * (a - 0.5 * self.delta))
-        return np.mean(per_sample), np.clip(r, -self.delta, self.delta) / r.size
+        return np.mean(per_sample, axis=-1), np.clip(r, -self.delta, self.delta) / r.shape[-1]
 
     def torch_loss(self):
         from torch import nn

@@ -39,11 +39,12 @@ class ScalarModel:
 
     @staticmethod
     def forward(params: Mapping[str, Array], x: Array, xp: Any) -> Array:
-        return params["weight"] * x[:, 0]  # (N,)
+        w = params["weight"]  # () or, for K models at once (runner.vectorized), (K,)
+        return (w[..., None] if w.ndim else w) * x[:, 0]  # (N,) or (K, N)
 
     @staticmethod
     def backward(params: Mapping[str, Array], x: np.ndarray, dpred: np.ndarray) -> dict:
-        """Gradients of the loss given dL/dpred (N,): dL/dw = sum_i dpred_i * x_i."""
+        """Gradients of the loss given dL/dpred (N,) or (K, N): dL/dw = sum_i dpred_i * x_i."""
         return {"weight": np.dot(dpred, x[:, 0])}
 
     def module(self, params: Mapping[str, Array]):
@@ -71,14 +72,21 @@ class LinearModel:
         return {name: rng.uniform(-bound, bound, size=shape) for name, shape in shapes.items()}
 
     def forward(self, params: Mapping[str, Array], x: Array, xp: Any) -> Array:
-        pred = x @ params["weight"][0]  # (N, F) @ (F,) -> (N,)
-        return pred + params["bias"][0] if self.bias else pred
+        # One model: weight (1, F), bias (1,). K models at once (runner.vectorized): a leading
+        # axis, weight (K, 1, F) and bias (K, 1), giving predictions (K, N).
+        w = params["weight"][..., 0, :]  # (F,) or (K, F)
+        pred = x @ w if w.ndim == 1 else w @ x.T  # (N,) or (K, N)
+        if not self.bias:
+            return pred
+        b = params["bias"]
+        return pred + (b[0] if b.ndim == 1 else b)
 
     def backward(self, params: Mapping[str, Array], x: np.ndarray, dpred: np.ndarray) -> dict:
-        """dL/dW = dpred^T x as (1, F); dL/db = sum(dpred) as (1,)."""
-        grads = {"weight": (dpred @ x)[None, :]}
+        """dL/dW = dpred^T x as (1, F); dL/db = sum(dpred) as (1,); each with a leading K axis
+        when dpred is (K, N)."""
+        grads = {"weight": (dpred @ x)[..., None, :]}
         if self.bias:
-            grads["bias"] = np.sum(dpred, keepdims=True)
+            grads["bias"] = np.sum(dpred, axis=-1, keepdims=True)
         return grads
 
     def module(self, params: Mapping[str, Array]):

@@ -1,0 +1,133 @@
+"""`hydra/launcher=vectorized`: a learning-rate sweep trained as one batched problem writes the
+jobs the basic launcher writes (same directories, metrics and summaries, to the dtype's
+tolerance), and a sweep it cannot batch runs job by job after saying why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from runner.run import run
+from tests.helpers import REPO, compose_config, run_cli
+
+# 1e38 overflows float32 at once, whatever the optimizer: every sweep has a diverging job.
+RATES = ["0.001", "0.01", "0.1", "1e+38"]
+JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
+LINEAR = ("model=linear", "data=synthetic", "data.n_features=2", "data.n_samples=8")
+CASES = {
+    "numpy-sgd-momentum": ("loop=numpy", "optimizer=sgd", "optimizer.momentum=0.9"),
+    "numpy-adam-linear": ("loop=numpy", "optimizer=adam", *LINEAR, "train.batch_size=4"),
+    "numpy-rmsprop": ("loop=numpy", "optimizer=rmsprop", "optimizer.momentum=0.5"),
+    "numpy-adagrad-linear": ("loop=numpy", "optimizer=adagrad", *LINEAR),
+    "autograd-sgd-linear": ("loop=autograd", "optimizer=sgd", "optimizer.momentum=0.9", *LINEAR),
+    "autograd-adam": ("loop=autograd", "optimizer=adam"),
+    "autograd-rmsprop-linear": ("loop=autograd", "optimizer=rmsprop", *LINEAR),
+    "autograd-adagrad": ("loop=autograd", "optimizer=adagrad", "loss=huber"),
+}
+COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7")
+RTOL = 1e-5  # float32 (SPEC)
+
+
+def sweep(root: Path, *args: str) -> tuple[Path, str]:
+    """`runner -m ARGS...` into root/sweep; returns the sweep dir and stdout."""
+    out = root / "sweep"
+    # PYTHONPATH: Hydra's plugin scan does not see an editable install's hydra_plugins
+    result = run_cli("-m", *args, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def job_dirs(sweep_dir: Path) -> list[str]:
+    return sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != ".")
+
+
+def assert_same_job(got: Path, want: Path) -> None:
+    """Same metrics.csv (numerically) and summary.json, but for wall time and speed."""
+    a, b = pd.read_csv(got / "metrics.csv"), pd.read_csv(want / "metrics.csv")
+    assert list(a.columns) == list(b.columns)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL, atol=1e-30)
+    s, t = (json.loads((d / "summary.json").read_text()) for d in (got, want))
+    for key in ("status", "steps_completed", "diverged_at_step", "loop", "device", "overrides"):
+        assert s[key] == t[key], key
+    for key in ("final_loss", "best_loss"):
+        if t[key] is None:
+            assert s[key] is None, key
+        else:
+            assert s[key] == pytest.approx(t[key], rel=RTOL), key
+    for name, value in t["params"].items():
+        # null (NaN) in a diverged job's parameters compares equal to null
+        got, want = (np.array(v, dtype=float) for v in (s["params"][name], value))
+        np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_batched_jobs_equal_runs_one_by_one(case, tmp_path):
+    args = (*CASES[case], *COMMON)
+    out, stdout = sweep(tmp_path, f"optimizer.lr={','.join(RATES)}", *args,
+                        "hydra/launcher=vectorized")  # fmt: skip
+    assert "vectorized launcher" not in stdout  # batched, no fallback
+    assert job_dirs(out) == JOBS
+    statuses = []
+    for job, lr in zip(JOBS, RATES, strict=True):
+        # what the basic launcher's job runs: run(cfg) with the overrides Hydra gave this job
+        overrides = list(OmegaConf.load(out / job / ".hydra" / "overrides.yaml"))
+        assert overrides[0] == f"optimizer.lr={lr}"
+        want = tmp_path / "basic" / job
+        run(compose_config("log.progress=false", *overrides), want, overrides)
+        assert_same_job(out / job, want)
+        assert (out / job / ".hydra" / "config.yaml").is_file()
+        statuses.append(json.loads((out / job / "summary.json").read_text())["status"])
+    assert statuses == ["completed"] * 3 + ["diverged"]
+    table = pd.read_csv(out / "summary.csv")
+    assert table["status"].tolist() == statuses
+
+
+@pytest.mark.slow
+def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
+    args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON)
+    (tmp_path / "vec").mkdir()
+    (tmp_path / "basic").mkdir()
+    vec, _ = sweep(tmp_path / "vec", *args, "hydra/launcher=vectorized")
+    basic, _ = sweep(tmp_path / "basic", *args[1:])
+    assert job_dirs(vec) == job_dirs(basic) == JOBS
+    for job in JOBS:
+        assert_same_job(vec / job, basic / job)
+        assert sorted(p.name for p in (vec / job).iterdir()) == sorted(
+            p.name for p in (basic / job).iterdir()
+        )
+    a, b = (pd.read_csv(d / "summary.csv").drop(columns="wall_s") for d in (vec, basic))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
+    out, stdout = sweep(
+        tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy,optim", *COMMON, "hydra/launcher=vectorized"
+    )
+    notes = [line for line in stdout.splitlines() if line.startswith("vectorized launcher:")]
+    assert notes == ["vectorized launcher: the sweep varies loop (only optimizer.lr batches); "
+                     "running jobs one by one"]  # fmt: skip
+    jobs = job_dirs(out)
+    assert len(jobs) == 4
+    for job in jobs:
+        overrides = json.loads((out / job / "summary.json").read_text())["overrides"]
+        want = tmp_path / "want" / job
+        run(compose_config("log.progress=false", *overrides), want, overrides)
+        assert_same_job(out / job, want)
+    assert len(pd.read_csv(out / "summary.csv")) == 4
+
+
+@pytest.mark.slow
+def test_the_optim_loop_runs_job_by_job(tmp_path):
+    _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", *COMMON,
+                      "hydra/launcher=vectorized")  # fmt: skip
+    assert (
+        "vectorized launcher: loop=optim (only numpy and autograd batch); running jobs one by one"
+        in stdout
+    )
