@@ -44,7 +44,12 @@ def _task(cfg: DictConfig) -> float | None:
         _FAILED_JOBS.append(code)
         return None
     print(final_line(summary, out_dir), flush=True)
-    # What a sweeper (e.g. Optuna) minimises; a diverged run's NaN would abort Optuna's study.
+    return sweeper_value(summary)
+
+
+def sweeper_value(summary: dict) -> float:
+    """What a job returns for a sweeper (e.g. Optuna) to minimise: its final loss, and inf for a
+    diverged run (a NaN would abort Optuna's study)."""
     loss = summary["final_loss"]
     return math.inf if loss is None or math.isnan(loss) else loss
 

@@ -80,27 +80,11 @@ def run(
         resume_at = saved.step
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {
-        "status": "running",
-        "steps_completed": 0,
-        "final_loss": None,
-        "best_loss": None,
-        "params": {k: v.tolist() for k, v in problem.init.items()},
-        "diverged_at_step": None,
-        "wall_s": 0.0,
-        "steps_per_s": 0.0,
-        "loop": loop_cls.name,
-        "device": device,
-        "overrides": list(overrides),
-    }
-    summary.update(tracker.results())
+    summary = initial_summary(problem, loop_cls.name, device, overrides, tracker)
     write_summary(summary_path, summary)
 
     def save_checkpoint() -> None:
-        for sink in sinks:  # rows up to the checkpoint reach the disk before it claims them
-            sink.flush()
-        meta = {"step": tracker.steps_completed, "tracker": tracker.state()}
-        checkpoint.save(checkpoint_dir, loop_cls.backend, loop.state(), meta | fingerprint)
+        save_state(checkpoint_dir, loop_cls.backend, loop.state(), tracker, sinks, fingerprint)
 
     every = train.checkpoint_every
     # A finished step waits at most half of log.flush_secs to reach the host, and logged rows
@@ -162,6 +146,47 @@ def run(
     if summary["status"] == "interrupted":
         raise Interrupted(stop.signum)
     return summary
+
+
+def initial_summary(
+    problem: Problem,
+    loop: str,
+    device: str,
+    overrides: Sequence[str],
+    tracker: _Tracker,
+) -> dict[str, Any]:
+    """summary.json as a run starts (status `running`), carrying what a resume restored."""
+    summary: dict[str, Any] = {
+        "status": "running",
+        "steps_completed": 0,
+        "final_loss": None,
+        "best_loss": None,
+        "params": {k: v.tolist() for k, v in problem.init.items()},
+        "diverged_at_step": None,
+        "wall_s": 0.0,
+        "steps_per_s": 0.0,
+        "loop": loop,
+        "device": device,
+        "overrides": list(overrides),
+    }
+    summary.update(tracker.results())
+    return summary
+
+
+def save_state(
+    directory: Path,
+    backend: str,
+    state: dict,
+    tracker: _Tracker,
+    sinks: list,
+    fingerprint: dict[str, Any],
+) -> None:
+    """A checkpoint of `state` at the tracker's step; the sinks are flushed first, so the rows
+    up to that step are on disk before the checkpoint claims them."""
+    for sink in sinks:
+        sink.flush()
+    meta = {"step": tracker.steps_completed, "tracker": tracker.state()}
+    checkpoint.save(directory, backend, state, meta | fingerprint)
 
 
 def _finished(summary_path: Path, steps: int) -> dict[str, Any] | None:

@@ -336,12 +336,18 @@ class _BatchedSweep:
         self.configs = configs
 
     def run(self) -> list[JobReturn]:
-        from runner import checkpoint
         from runner.build import loop_class
-        from runner.cli import final_line
+        from runner.cli import final_line, sweeper_value
         from runner.device import resolve_device
         from runner.metrics import Layout
-        from runner.run import _fingerprint, _open_sinks, _problem, _Tracker
+        from runner.run import (
+            _fingerprint,
+            _open_sinks,
+            _problem,
+            _Tracker,
+            initial_summary,
+            save_state,
+        )
         from runner.schema import LogConf, TrainConf
         from runner.sinks.summary import write_summary
 
@@ -366,34 +372,15 @@ class _BatchedSweep:
         sinks: list[list] = [[] for _ in jobs]
         summaries: list[dict[str, Any]] = []
         for j, job in enumerate(jobs):
-            summary = {
-                "status": "running",
-                "steps_completed": 0,
-                "final_loss": None,
-                "best_loss": None,
-                "params": {n: v.tolist() for n, v in problem.init.items()},
-                "diverged_at_step": None,
-                "wall_s": 0.0,
-                "steps_per_s": 0.0,
-                "loop": loop_cls.name,
-                "device": device,
-                "overrides": job["overrides"],
-            }
-            summary.update(trackers[j].results())
+            summary = initial_summary(problem, loop_cls.name, device, job["overrides"], trackers[j])
             write_summary(job["dir"] / "summary.json", summary)
             summaries.append(summary)
         fingerprints = [_fingerprint(job["task_cfg"]) for job in jobs]
 
         def save_checkpoint(j: int) -> None:
-            for sink in sinks[j]:
-                sink.flush()
-            meta = {"step": trackers[j].steps_completed, "tracker": trackers[j].state()}
-            checkpoint.save(
-                jobs[j]["dir"] / "checkpoint",
-                batched.backend,
-                batched.job_state(j),
-                meta | fingerprints[j],
-            )
+            directory = jobs[j]["dir"] / "checkpoint"
+            state = batched.job_state(j)
+            save_state(directory, batched.backend, state, trackers[j], sinks[j], fingerprints[j])
 
         every = train.checkpoint_every
         live = list(range(k))  # jobs still training: not diverged
@@ -455,7 +442,7 @@ class _BatchedSweep:
         returns = []
         for j, job in enumerate(jobs):
             print(final_line(summaries[j], job["dir"]), flush=True)
-            returns.append(self._end_job(job, summaries[j]["final_loss"]))
+            returns.append(self._end_job(job, sweeper_value(summaries[j])))
         return returns
 
     @staticmethod
