@@ -171,10 +171,10 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
 
 def test_numpy_loop_never_imports_torch(tmp_path):
     code = (
-        "import sys; from runner.cli import main; "
+        "import sys; from runner.cli import cli; "
         "sys.argv = ['runner', 'loop=numpy', 'model=linear', 'optimizer=adam', "
         f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "code = cli()\nassert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     result = subprocess.run(
