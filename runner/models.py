@@ -3,6 +3,10 @@
 `forward` is written once for NumPy arrays and torch tensors alike (pass the module as `xp`); the
 autograd loop differentiates it with torch, the NumPy loop uses `backward`, and the optim loop
 gets the equivalent `nn.Module` from `module`. Shapes: x is (N, F), predictions are (N,).
+
+`forward` and `backward` read `inputs(x)`, what the model takes from a batch, prepared once per
+batch rather than once per step: with the full batch that is once per run, and a step of these
+tiny models costs about as much as a single slicing operation.
 """
 
 from __future__ import annotations
@@ -38,14 +42,19 @@ class ScalarModel:
         return {"weight": np.array(float(self.init))}
 
     @staticmethod
-    def forward(params: Mapping[str, Array], x: Array, xp: Any) -> Array:
-        w = params["weight"]  # () or, for K models at once (runner.vectorized), (K,)
-        return (w[..., None] if w.ndim else w) * x[:, 0]  # (N,) or (K, N)
+    def inputs(x: Array) -> Array:
+        """The one feature column, (N,)."""
+        return x[:, 0]
 
     @staticmethod
-    def backward(params: Mapping[str, Array], x: np.ndarray, dpred: np.ndarray) -> dict:
+    def forward(params: Mapping[str, Array], inputs: Array, xp: Any) -> Array:
+        w = params["weight"]  # () or, for K models at once (runner.vectorized), (K,)
+        return (w[..., None] if w.ndim else w) * inputs  # (N,) or (K, N)
+
+    @staticmethod
+    def backward(params: Mapping[str, Array], inputs: np.ndarray, dpred: np.ndarray) -> dict:
         """Gradients of the loss given dL/dpred (N,) or (K, N): dL/dw = sum_i dpred_i * x_i."""
-        return {"weight": np.dot(dpred, x[:, 0])}
+        return {"weight": np.dot(dpred, inputs)}
 
     def module(self, params: Mapping[str, Array]):
         """An nn.Module holding a copy of `params` (torch tensors of the run's dtype/device)."""
@@ -70,6 +79,11 @@ class LinearModel:
         # the numpy loop never needs torch; all three loops then start from these values.
         bound = 1.0 / math.sqrt(n_features)
         return {name: rng.uniform(-bound, bound, size=shape) for name, shape in shapes.items()}
+
+    @staticmethod
+    def inputs(x: Array) -> Array:
+        """The batch as it is, (N, F)."""
+        return x
 
     def forward(self, params: Mapping[str, Array], x: Array, xp: Any) -> Array:
         # One model: weight (1, F), bias (1,). K models at once (runner.vectorized): a leading

@@ -65,16 +65,18 @@ class _ManualRule:
         """
         new_params: dict[str, Array] = {}
         new_state: dict[str, dict] = {}
+        asarray = xp.asarray
         for name, param in params.items():
             grad = grads.get(name)
+            old = state[name]
             if grad is None:
-                new_params[name], new_state[name] = param, dict(state[name])
+                new_params[name], new_state[name] = param, dict(old)
                 continue
-            step = int(state[name]["step"]) + 1
-            param, buffers = self._step(param, grad, step, state[name], xp)
+            step = int(old["step"]) + 1
+            param, buffers = self._step(param, grad, step, old, xp)
             # numpy turns 0-d results into scalars; asarray restores the array (a no-op for torch)
-            new_params[name] = xp.asarray(param)
-            new_state[name] = {"step": step, **{k: xp.asarray(v) for k, v in buffers.items()}}
+            new_params[name] = asarray(param)
+            new_state[name] = {"step": step, **{k: asarray(v) for k, v in buffers.items()}}
         return new_params, new_state
 
     def _buffers(self, param: Array, xp) -> dict[str, Array]:

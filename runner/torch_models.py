@@ -7,26 +7,19 @@ from torch import nn
 
 
 class ScalarModule(nn.Module):
-    """y = w * x for x of shape (N, 1); returns (N,)."""
+    """y = w * x for x of shape (N, 1); returns (N, 1), as nn.Linear(1, 1, bias=False) would."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * x[:, 0]
-
-
-class _LinearToVector(nn.Linear):
-    """nn.Linear(F, 1) whose output (N, 1) is returned as (N,), the shape of the targets."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)[:, 0]
+        return self.weight * x
 
 
 def linear_module(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """nn.Linear with the given initial weight [1, F] (and bias [1]) copied in."""
-    module = _LinearToVector(
+    module = nn.Linear(
         weight.shape[1], 1, bias=bias is not None, device=weight.device, dtype=weight.dtype
     )
     with torch.no_grad():

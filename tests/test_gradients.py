@@ -23,8 +23,9 @@ def problem(model, seed=0):
 
 
 def numpy_value_and_grads(model, loss, params, x, y):
-    value, dpred = loss.value_and_grad(model.forward(params, x, np), y)
-    return float(value), model.backward(params, x, dpred)
+    inputs = model.inputs(x)
+    value, dpred = loss.value_and_grad(model.forward(params, inputs, np), y)
+    return float(value), model.backward(params, inputs, dpred)
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=repr)
@@ -33,7 +34,8 @@ def test_numpy_gradients_match_torch_autograd(model, loss):
     params, x, y = problem(model)
     value, grads = numpy_value_and_grads(model, loss, params, x, y)
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    torch_value = loss.torch_loss()(model.forward(leaves, torch.tensor(x), torch), torch.tensor(y))
+    inputs = model.inputs(torch.tensor(x))
+    torch_value = loss.torch_loss()(model.forward(leaves, inputs, torch), torch.tensor(y))
     torch_value.backward()
     assert value == pytest.approx(torch_value.item(), rel=1e-12)
     for name, leaf in leaves.items():
@@ -78,3 +80,23 @@ def test_linear_default_init_follows_nn_linear_bounds():
     assert params["weight"].shape == (1, 16) and params["bias"].shape == (1,)
     assert np.abs(params["weight"]).max() <= 0.25 and np.abs(params["bias"]).max() <= 0.25
     assert np.abs(params["weight"]).max() > 0.15  # spread over the range, not a constant
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", LOSSES, ids=repr)
+@pytest.mark.parametrize("model", MODELS, ids=repr)
+def test_numpy_values_and_gradients_keep_the_run_dtype(model, loss, dtype):
+    # The numpy loop relies on this (it casts nothing): a float32 run stays float32 throughout,
+    # for one model and for K models at once.
+    params, x, y = problem(model)
+    params = {k: np.asarray(v, dtype) for k, v in params.items()}
+    x, y = x.astype(dtype), y.astype(dtype)
+    value, dpred = loss.value_and_grad(model.forward(params, model.inputs(x), np), y)
+    grads = model.backward(params, model.inputs(x), dpred)
+    assert value.dtype == dpred.dtype == dtype
+    assert all(g.dtype == dtype and g.shape == params[k].shape for k, g in grads.items())
+    stacked = {k: np.stack([v, v]) for k, v in params.items()}  # K = 2
+    values, dpreds = loss.value_and_grad(model.forward(stacked, model.inputs(x), np), y)
+    grads = model.backward(stacked, model.inputs(x), dpreds)
+    assert values.dtype == dtype and values.shape == (2,)
+    assert all(g.dtype == dtype and g.shape == stacked[k].shape for k, g in grads.items())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -19,11 +19,11 @@ from runner.data import BatchSchedule
 Array = Any  # numpy.ndarray or torch.Tensor
 
 
-@dataclass(frozen=True)
-class StepRecord:
+class StepRecord(NamedTuple):
     """One optimizer update. Values stay in the loop's own arrays (on its device).
 
     loss: at the parameters before this update (0-d); params: after it; grads: the ones it used.
+    A NamedTuple: one is made every step, and it is the cheapest immutable record Python has.
     """
 
     step: int

@@ -28,9 +28,13 @@ class AutogradLoop:
         return {k: p.detach() for k, p in self.params.items()}
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
-        model, rule = self.problem.model, self.problem.optimizer
+        model, rule, data = self.problem.model, self.problem.optimizer, self.data
+        full_batch = data.batches.full_batch
+        x, y = model.inputs(data.x), data.y
         for step in range(first, last + 1):
-            x, y = self.data.batch(step)
+            if not full_batch:
+                x, y = data.batch(step)
+                x = model.inputs(x)
             loss = self.loss_fn(model.forward(self.params, x, torch), y)
             loss.backward()
             grads = {k: p.grad.clone() for k, p in self.params.items()}

@@ -21,16 +21,20 @@ class NumpyLoop:
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         p = self.problem
-        model, loss_fn, rule = p.model, p.loss, p.optimizer
+        model, loss_fn, rule, batches = p.model, p.loss, p.optimizer, p.batches
+        full_batch, lr = batches.full_batch, rule.lr
+        x, y = model.inputs(p.x), p.y
         for step in range(first, last + 1):
-            idx = p.batches.indices(step)
-            x, y = (p.x, p.y) if idx is None else (p.x[idx], p.y[idx])
+            if not full_batch:
+                idx = batches.indices(step)
+                x, y = model.inputs(p.x[idx]), p.y[idx]
             pred = model.forward(self.params, x, np)
             loss, dpred = loss_fn.value_and_grad(pred, y)
+            # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
+            # scalars never widen an array), which tests/test_gradients.py checks.
             grads = model.backward(self.params, x, dpred)
-            grads = {k: g.astype(p.dtype, copy=False) for k, g in grads.items()}
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
-            yield StepRecord(step, loss, rule.lr, self.params, grads)
+            yield StepRecord(step, loss, lr, self.params, grads)
 
     def state(self) -> dict:
         """Parameters and optimizer state after the last step (arrays are never mutated)."""

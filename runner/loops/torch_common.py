@@ -9,13 +9,19 @@ from runner.loops import Problem, StepRecord, pack_rows
 
 
 class TorchData:
-    """The problem's arrays as tensors of the run's dtype on the run's device."""
+    """The problem's arrays as tensors of the run's dtype on the run's device.
 
-    def __init__(self, problem: Problem) -> None:
+    Targets are (N,), or with `column_targets` (N, 1): the shape of an nn.Module's output, which
+    the loss then takes as it comes (no per-step reshaping of the predictions).
+    """
+
+    def __init__(self, problem: Problem, column_targets: bool = False) -> None:
         self.device = torch.device(problem.device)
         self.dtype = getattr(torch, problem.dtype)
         self.x = torch.as_tensor(problem.x, dtype=self.dtype, device=self.device)  # (N, F)
         self.y = torch.as_tensor(problem.y, dtype=self.dtype, device=self.device)  # (N,)
+        if column_targets:
+            self.y = self.y[:, None]  # (N, 1)
         self.batches = problem.batches
 
     def tensor(self, value: np.ndarray) -> torch.Tensor:
