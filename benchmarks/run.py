@@ -45,6 +45,7 @@ TARGET_RUNNER_VS_BARE = 1.10  # runner loop, logging off / its bare loop
 TARGET_LOGGING_COST = 1.25  # runner loop, full logging / the same loop with logging off
 TARGET_NUMPY_VS_OPTIM = 0.35  # `runner loop=numpy` process / `runner loop=optim` process
 TARGET_TORCH_VS_IMPORT = 1.3  # a torch loop's `runner` process / `python -c "import torch"`
+TARGET_SWEEP_VS_ONE_RUN = 2.0  # a 64-rate vectorized sweep process / one run's process
 
 LOOPS = ("numpy", "autograd", "optim")
 # What the runner runs for each bare loop below. The defaults already are notebook 000 (model
@@ -290,14 +291,17 @@ def sweep_rates(n: int) -> list[str]:
 
 
 def measure_sweep(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
-    """A sweep through Hydra's basic launcher, against one run with the same settings."""
+    """A sweep through Hydra's basic launcher and through the vectorized one, each against one
+    run with the same settings (the default experiment: the optim loop)."""
     runner = runner_command()
     steps = f"train.steps={settings.sweep_steps}"
     rates = sweep_rates(settings.sweep_jobs)
     sweep_cmd = [*runner, "-m", f"optimizer.lr={','.join(rates)}", steps]
+    vectorized_cmd = [*sweep_cmd, "hydra/launcher=vectorized"]
     single_cmd = [*runner, "optimizer.lr=0.01", steps]
     # No warm-up: the start-up measurements just ran the same command many times.
-    s = interleaved({"sweep": sweep_cmd, "single": single_cmd}, settings.sweep_reps, False, work)
+    commands = {"basic": sweep_cmd, "vectorized": vectorized_cmd, "single": single_cmd}
+    s = interleaved(commands, settings.sweep_reps, False, work)
     # Every job must have run to the end, or the sweep's time means nothing.
     for sweep_dir in work.iterdir():
         summaries = list(sweep_dir.glob("multirun/**/summary.json"))
@@ -305,33 +309,21 @@ def measure_sweep(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
             done = [json.loads(p.read_text())["status"] == "completed" for p in summaries]
             if len(done) != len(rates) or not all(done):
                 raise RuntimeError(f"sweep in {sweep_dir}: {sum(done)}/{len(rates)} jobs completed")
-    n = len(rates)
+    n, fast = len(rates), settings.mode == "fast"
+    single_label = f"runner optimizer.lr=0.01 {steps}"
     sweep_label = f"runner -m optimizer.lr=<{n} rates> {steps}"
-    entry = measurement(
+    basic = measurement("s", sweep_label, s["basic"], single_label, s["single"], None, fast)
+    vectorized = measurement(
         "s",
-        sweep_label,
-        s["sweep"],
-        f"runner optimizer.lr=0.01 {steps}",
+        f"{sweep_label} hydra/launcher=vectorized",
+        s["vectorized"],
+        single_label,
         s["single"],
-        None,
-        settings.mode == "fast",
+        TARGET_SWEEP_VS_ONE_RUN,
+        fast,
     )
-    entry["jobs"] = n
-    return {
-        f"sweep/basic_launcher_{n}": entry,
-        f"sweep/vectorized_{n}": {
-            "status": "not available yet",
-            # The runner has no vectorized sweep path yet: nothing to measure, nothing invented.
-            "runner_run": f"the same {n} rates trained at once in one vectorized run",
-            "baseline_run": sweep_label,
-            "unit": "s",
-            "runner": None,
-            "baseline": None,
-            "ratio": None,
-            "target": None,
-            "met": None,
-        },
-    }
+    basic["jobs"] = vectorized["jobs"] = n
+    return {f"sweep/basic_launcher_{n}": basic, f"sweep/vectorized_{n}": vectorized}
 
 
 # -- results --------------------------------------------------------------------------------

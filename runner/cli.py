@@ -43,12 +43,17 @@ def _task(cfg: DictConfig) -> float | None:
         # the other jobs go on.
         if _FULL_ERROR:
             raise
-        message, code = describe_error(err)
-        print(f"runner: error: {message}", file=sys.stderr, flush=True)
-        _FAILED_JOBS.append(code)
+        report_failed_job(err)
         return None
     print(final_line(summary, out_dir), flush=True)
     return sweeper_value(summary)
+
+
+def report_failed_job(err: BaseException) -> None:
+    """One line on stderr for a job that raised; the command then exits non-zero."""
+    message, code = describe_error(err)
+    print(f"runner: error: {message}", file=sys.stderr, flush=True)
+    _FAILED_JOBS.append(code)
 
 
 def sweeper_value(summary: dict) -> float:
@@ -93,14 +98,26 @@ def swept_keys(args: list[str]) -> list[str] | None:
     return [o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override()]
 
 
+def _pair_sweeper_with_launcher(argv: list[str]) -> None:
+    """`hydra/launcher=vectorized` comes with `hydra/sweeper=runner` (the basic sweeper without
+    its duplicate per-job check), unless the command line picks a sweeper or a search preset."""
+    args = argv[1:]
+    if "hydra/launcher=vectorized" not in args:
+        return
+    if any(a.startswith(("hydra/sweeper=", "hparams_search=")) for a in args):
+        return
+    argv.append("hydra/sweeper=runner")
+
+
 def _register_plugins() -> None:
     # Hydra's plugin scan (pkgutil) cannot see packages that an editable install serves through
-    # its import finder, so the project's own launcher is registered by hand as well.
+    # its import finder, so the project's own plugins are registered by hand as well.
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.runner_launchers.vectorized_launcher import VectorizedLauncher
+    from hydra_plugins.runner_launchers.vectorized_launcher import RunnerSweeper, VectorizedLauncher
 
     Plugins.instance().register(VectorizedLauncher)
+    Plugins.instance().register(RunnerSweeper)
 
 
 def main() -> NoReturn:
@@ -115,6 +132,7 @@ def cli() -> int:
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _pair_sweeper_with_launcher(sys.argv)
     swept = swept_keys(sys.argv[1:])
     if swept is not None:
         os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
@@ -145,12 +163,15 @@ def _exit_now(code: int) -> NoReturn:
     Everything the program wrote is closed by now (run() closes its sinks and writes the
     summary before returning). What remains at exit is freeing every module and object, which
     after torch (and torch.optim's torch._dynamo) takes about a second of the user's time for
-    nothing. Non-daemon threads are still waited for, atexit handlers (logging's flush among
-    them) still run, and the standard streams are flushed; then the process ends.
+    nothing. The interpreter's own first steps still happen, in its order: threading's exit
+    callbacks (worker pools shut down there) and the wait for non-daemon threads, then the
+    atexit handlers (logging's flush among them); then the standard streams are flushed and the
+    process ends.
     """
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:  # not CPython's threading: exit the usual way
+        sys.exit(code)
+    shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

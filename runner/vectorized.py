@@ -1,12 +1,14 @@
 """Learning-rate sweeps trained as one batched problem (`hydra/launcher=vectorized`).
 
-When the jobs of a sweep differ only in `optimizer.lr` and the loop is a manual one (numpy or
-autograd), every job starts from the same parameters and sees the same batches; only the rate
-differs. The update rules are elementwise, so K jobs train at once as one problem whose
-parameters carry a leading K axis and whose `lr` has shape (K, 1, ...). Each job still gets its
-own directory, `.hydra/`, metrics.csv, tensorboard/, checkpoint/ and summary.json, written by the
-same sinks and tracker as `runner.run.run`, and a job that diverges stops logging at its own step
-while the others go on. Any other sweep runs job by job, as Hydra's basic launcher runs it.
+When the jobs of a sweep differ only in `optimizer.lr` (any loop; any optimizer but LBFGS), every
+job starts from the same parameters and sees the same batches; only the rate differs. So K jobs
+train at once as one problem whose parameters carry a leading K axis: one forward and backward
+for all. The manual loops' update rules are elementwise and take `lr` of shape (K, 1, ...); the
+optim loop hands each job's slice to torch.optim in a param group with the job's rate. Each job
+still gets its own directory, `.hydra/`, metrics.csv, tensorboard/, checkpoint/ and summary.json,
+written by the same sinks and tracker as `runner.run.run`, and a job that diverges stops logging
+at its own step while the others go on. Any other sweep runs job by job, as Hydra's basic
+launcher runs it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The keys a batched sweep may vary; the rules take an array for them.
 BATCHED_KEYS = ("optimizer.lr",)
-BATCHED_LOOPS = ("numpy", "autograd")
+BATCHED_LOOPS = ("numpy", "autograd", "optim")
 CHUNK = 64  # steps moved to the host (and to every job's sinks) at a time, as runner.run does
 
 
@@ -51,6 +53,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     configs, reason = _batch_configs(launcher, job_overrides, initial_job_idx)
     if configs is None:
         print(f"vectorized launcher: {reason}; running jobs one by one", flush=True)
+        # The check the runner sweeper left to this launcher: every job composes, before any runs.
+        for overrides in job_overrides:
+            launcher.hydra_context.config_loader.load_sweep_config(config, list(overrides))
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
         basic = BasicLauncher()
@@ -73,7 +78,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _batch_configs(
     launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> tuple[list[DictConfig] | None, str]:
-    """Every job's full config (with `hydra`), or None and why the sweep cannot be batched.
+    """Every job's full config (with `hydra`), or None and why the sweep cannot be batched;
+    raises as Hydra's composition does when a job's overrides do not compose.
 
     Job 0's config is composed as the basic launcher composes it; the others are job 0's with
     their own rate and Hydra's job fields, which job 1's full composition confirms: composing
@@ -101,11 +107,23 @@ def _batch_configs(
     loop_name = first.loop.name
     if loop_name not in BATCHED_LOOPS:
         return None, f"loop={loop_name} (only {' and '.join(BATCHED_LOOPS)} batch)"
+    from hydra.utils import get_class
+
+    rule = get_class(first.optimizer._target_)
+    if not getattr(rule, "manual", False):  # LBFGS: each step re-evaluates the loss, per job
+        return None, f"optimizer {rule.__name__} (its steps evaluate each job's loss apart)"
     if first.train.resume:
         return None, "train.resume=true"
     configs = [first]
     for j, overrides in enumerate(job_overrides[1:], start=1):
-        configs.append(_derive(first, launcher.config, parsed[j], overrides, initial_job_idx + j))
+        try:
+            cfg = _derive(first, launcher.config, parsed[j], overrides, initial_job_idx + j)
+        except Exception:
+            # A value the config does not take: Hydra's own composition reports it (and
+            # stops the sweep before any job runs, as Hydra's sweeper would).
+            _compose(loader, launcher.config, overrides, initial_job_idx + j)
+            return None, f"job {initial_job_idx + j} composes differently"
+        configs.append(cfg)
     check = _compose(loader, launcher.config, job_overrides[1], initial_job_idx + 1)
     if _container(check) != _container(configs[1]):
         return None, "the jobs' configs differ in more than the swept rate"
@@ -240,9 +258,10 @@ class BatchedRule:
         return new_params, new_state
 
 
-# --- the batched loops: the numpy and autograd loops with a leading K axis ---------------------
+# --- the batched loops: each loop with a leading K axis ---------------------------------------
 class _BatchedNumpy:
     backend = "numpy"
+    failed: dict = {}  # noqa: RUF012 (never written: elementwise updates raise for no job)
 
     def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
         self.problem, self.rule = problem, rule
@@ -256,6 +275,7 @@ class _BatchedNumpy:
         p = self.problem
         idx = p.batches.indices(step)
         x, y = (p.x, p.y) if idx is None else (p.x[idx], p.y[idx])
+        x = p.model.inputs(x)
         pred = p.model.forward(self.params, x, np)  # (K, N)
         loss, dpred = p.loss.value_and_grad(pred, y)  # (K,), (K, N)
         grads = p.model.backward(self.params, x, dpred)
@@ -276,6 +296,7 @@ class _BatchedNumpy:
 
 class _BatchedAutograd:
     backend = "torch"
+    failed: dict = {}  # noqa: RUF012 (never written: elementwise updates raise for no job)
 
     def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
         import torch
@@ -285,7 +306,7 @@ class _BatchedAutograd:
         self.torch, self.problem, self.rule = torch, problem, rule
         self.data = TorchData(problem)
         self.params = {
-            n: self.data.tensor(np.broadcast_to(v, (k, *np.shape(v)))).requires_grad_()
+            n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
             for n, v in problem.init.items()
         }
         with torch.no_grad():
@@ -300,7 +321,8 @@ class _BatchedAutograd:
     def step(self, step: int) -> tuple[Any, dict, dict]:
         torch = self.torch
         x, y = self.data.batch(step)
-        pred = self.problem.model.forward(self.params, x, torch)  # (K, N)
+        model = self.problem.model
+        pred = model.forward(self.params, model.inputs(x), torch)  # (K, N)
         loss = self.loss_fn(pred, y.expand_as(pred)).mean(dim=-1)  # (K,)
         loss.sum().backward()
         grads = {n: p.grad.clone() for n, p in self.params.items()}
@@ -322,6 +344,71 @@ class _BatchedAutograd:
         }
 
 
+class _BatchedOptim:
+    """The optim loop's K jobs: one batched forward and backward, then torch.optim itself steps
+    every job. Job j's parameters are nn.Parameters over row j of the batched tensors, with an
+    optimizer of their own at the job's rate, so each job's update, state and checkpoint are
+    those of its own run; only the forward and backward are shared. A job whose step raises
+    (as AdamW does when lr * weight_decay overflows the dtype) fails alone, as its run would."""
+
+    backend = "torch"
+    to_numpy = staticmethod(_BatchedAutograd.to_numpy)
+
+    def __init__(self, problem: Any, lrs: np.ndarray) -> None:
+        import torch
+        from torch import nn
+
+        from runner.loops.torch_common import TorchData
+
+        self.torch, self.problem = torch, problem
+        self.data = TorchData(problem)
+        k = len(lrs)
+        self.params = {
+            n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
+            for n, v in problem.init.items()
+        }
+        # nn.Parameter keeps the storage it is given: the optimizer's in-place updates of job
+        # j's parameters are updates of row j.
+        self.jobs = [
+            {n: nn.Parameter(p.detach()[j]) for n, p in self.params.items()} for j in range(k)
+        ]
+        self.optimizers = [
+            dataclasses.replace(problem.optimizer, lr=float(lr)).torch_optimizer(job.values())
+            for job, lr in zip(self.jobs, lrs, strict=True)
+        ]
+        self.failed: dict[int, tuple[int, BaseException]] = {}  # job -> (step, what it raised)
+        self.loss_fn = problem.loss.torch_loss()
+        self.loss_fn.reduction = "none"
+
+    def step(self, step: int) -> tuple[Any, dict, dict]:
+        x, y = self.data.batch(step)
+        model = self.problem.model
+        pred = model.forward(self.params, model.inputs(x), self.torch)  # (K, N)
+        loss = self.loss_fn(pred, y.expand_as(pred)).mean(dim=-1)  # (K,)
+        for p in self.params.values():
+            p.grad = None
+        loss.sum().backward()
+        for j, (job, optimizer) in enumerate(zip(self.jobs, self.optimizers, strict=True)):
+            if j in self.failed:
+                continue
+            for n, p in job.items():
+                p.grad = self.params[n].grad[j]
+            try:
+                optimizer.step()
+            except Exception as err:
+                self.failed[j] = (step, err)
+        params = {n: p.detach().clone() for n, p in self.params.items()}
+        grads = {n: p.grad for n, p in self.params.items()}
+        return loss.detach(), params, grads
+
+    def job_state(self, j: int) -> dict:
+        """What the optim loop's state() holds for job j's run."""
+        return {
+            "params": {n: p.detach().clone() for n, p in self.jobs[j].items()},
+            "optimizer": self.optimizers[j].state_dict(),
+        }
+
+
 def _job_opt_state(state: dict, j: int, take: Any) -> dict:
     return {
         name: {k: (v if k == "step" else take(v)) for k, v in buffers.items()}
@@ -337,7 +424,7 @@ class _BatchedSweep:
 
     def run(self) -> list[JobReturn]:
         from runner.build import loop_class
-        from runner.cli import final_line, sweeper_value
+        from runner.cli import final_line, report_failed_job, sweeper_value
         from runner.device import resolve_device
         from runner.metrics import Layout
         from runner.run import (
@@ -362,8 +449,13 @@ class _BatchedSweep:
         k = len(self.configs)
         lrs = np.array([float(c.optimizer.lr) for c in self.configs], dtype=np.float64)
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
-        rule = BatchedRule(problem.optimizer, lrs, shapes)
-        batched = (_BatchedNumpy if loop_name == "numpy" else _BatchedAutograd)(problem, rule, k)
+        if loop_name == "optim":
+            batched = _BatchedOptim(problem, lrs)
+        else:
+            rule = BatchedRule(problem.optimizer, lrs, shapes)
+            batched = (_BatchedNumpy if loop_name == "numpy" else _BatchedAutograd)(
+                problem, rule, k
+            )
         layout = Layout(shapes, log_conf.max_elements)
         n_values = layout.n_values
 
@@ -405,8 +497,15 @@ class _BatchedSweep:
                     if len(pending) < CHUNK and step != train.steps and not due:
                         continue
                     rows = self._rows(pending, batched, lrs, n_values)  # (K, T, D)
+                    chunk_start = step - len(pending) + 1
                     pending.clear()
                     for j in list(live):
+                        if j in batched.failed:  # its run stops before the step that raised
+                            failed_at = batched.failed[j][0]
+                            if failed_at > chunk_start:
+                                trackers[j].consume(rows[j][: failed_at - chunk_start], sinks[j])
+                            live.remove(j)
+                            continue
                         trackers[j].consume(rows[j], sinks[j])
                         if trackers[j].diverged_at is not None:
                             live.remove(j)
@@ -415,7 +514,9 @@ class _BatchedSweep:
                     if not live:
                         break
                 for j in range(k):
-                    if trackers[j].diverged_at is not None:
+                    if j in batched.failed:
+                        summaries[j]["status"] = "failed"
+                    elif trackers[j].diverged_at is not None:
                         summaries[j]["status"] = "diverged"
                     else:
                         summaries[j]["status"] = "completed"
@@ -441,6 +542,10 @@ class _BatchedSweep:
 
         returns = []
         for j, job in enumerate(jobs):
+            if j in batched.failed:  # as runner.cli reports a job that raised
+                report_failed_job(batched.failed[j][1])
+                returns.append(self._end_job(job, None))
+                continue
             print(final_line(summaries[j], job["dir"]), flush=True)
             returns.append(self._end_job(job, sweeper_value(summaries[j])))
         return returns

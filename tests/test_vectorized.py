@@ -28,6 +28,15 @@ CASES = {
     "autograd-adam": ("loop=autograd", "optimizer=adam"),
     "autograd-rmsprop-linear": ("loop=autograd", "optimizer=rmsprop", *LINEAR),
     "autograd-adagrad": ("loop=autograd", "optimizer=adagrad", "loss=huber"),
+    "optim-sgd-nesterov-linear": (
+        "loop=optim",
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        *LINEAR,
+    ),
+    "optim-adagrad-minibatch": ("loop=optim", "optimizer=adagrad", *LINEAR, "train.batch_size=4"),
+    "optim-rmsprop": ("loop=optim", "optimizer=rmsprop", "loss=l1"),
 }
 COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7")
 RTOL = 1e-5  # float32 (SPEC)
@@ -124,10 +133,37 @@ def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_optim_loop_runs_job_by_job(tmp_path):
-    _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", *COMMON,
+def test_lbfgs_runs_job_by_job(tmp_path):
+    _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", "optimizer=lbfgs", *COMMON,
                       "hydra/launcher=vectorized")  # fmt: skip
     assert (
-        "vectorized launcher: loop=optim (only numpy and autograd batch); running jobs one by one"
-        in stdout
+        "vectorized launcher: optimizer LBFGS (its steps evaluate each job's loss apart); "
+        "running jobs one by one" in stdout
     )
+
+
+@pytest.mark.slow
+def test_an_optim_job_that_raises_fails_alone_as_under_the_basic_launcher(tmp_path):
+    # torch.optim.Adam refuses a step size that overflows float32 (lr 1e38): that job's run
+    # raises at step 1 and the sweep exits non-zero; the other jobs are not affected.
+    args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=optim", "optimizer=adam", *COMMON)
+    results = {}
+    for launcher in ("vectorized", "basic"):
+        root = tmp_path / launcher
+        root.mkdir()
+        out = root / "sweep"
+        extra = ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
+        result = run_cli(*args, *extra, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
+        results[launcher] = (out, result)
+    (vec, got), (basic, want) = results["vectorized"], results["basic"]
+    assert got.returncode == want.returncode == 1
+    assert "vectorized launcher" not in got.stdout  # batched
+    errors = [line for line in got.stderr.splitlines() if line.startswith("runner: error:")]
+    assert errors == [
+        line for line in want.stderr.splitlines() if line.startswith("runner: error:")
+    ]
+    assert len(errors) == 1 and "overflow" in errors[0]
+    for job in JOBS:
+        assert_same_job(vec / job, basic / job)
+    status = [json.loads((vec / job / "summary.json").read_text())["status"] for job in JOBS]
+    assert status == ["completed"] * 3 + ["failed"]
