@@ -33,9 +33,12 @@ class CsvSink:
         self.flush()
 
     def write(self, steps: np.ndarray, table: np.ndarray, rows: np.ndarray) -> None:
-        scalar = self._scalar
-        for step, values in zip(steps.tolist(), table.astype(scalar), strict=True):
-            self._pending.append(f"{step},{','.join(map(str, values))}\n")
+        # NumPy formats the whole table at once (its shortest round-trip repr, in C).
+        text = table.astype(self._scalar).astype(str).tolist()
+        join = ",".join
+        self._pending.extend(
+            f"{step},{join(values)}\n" for step, values in zip(steps.tolist(), text, strict=True)
+        )
 
     def flush(self) -> None:
         if self._pending:
