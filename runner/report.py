@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # imported lazily below: pandas and matplotlib take a second 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 pixels
 DPI = 100
+# loss.png names each job in a legend up to this many jobs, and shows a colour bar beyond.
+MAX_LEGEND = 20
 # final_loss.png gets a log x axis once the swept values span two decades (0.001 ... 0.1).
 LOG_X_RATIO = 100.0
 # Columns of summary.csv after the job number and the swept keys (final parameters follow).
@@ -375,8 +377,24 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
     ax.set_ylabel("loss (log scale)" if top is not None else "loss")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(title=legend_title or None, fontsize="small", ncol=2 if len(jobs) > 10 else 1)
+    if len(jobs) <= MAX_LEGEND:
+        ax.legend(title=legend_title or None, fontsize="small", ncol=2 if len(jobs) > 10 else 1)
+    else:  # one legend entry per job would bury the plot: a colour bar keyed to the jobs
+        _job_colorbar(fig, ax, labels, legend_title)
     return fig
+
+
+def _job_colorbar(fig: Figure, ax: Axes, labels: Sequence[str], title: str) -> None:
+    """The colours of _colors(len(labels)) as a bar, with about eight jobs' labels on it."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+
+    n = len(labels)
+    cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, n)))
+    bar = fig.colorbar(ScalarMappable(Normalize(-0.5, n - 0.5), cmap), ax=ax, label=title or None)
+    ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
+    bar.set_ticks(ticks, labels=[labels[i] for i in ticks])
 
 
 def final_loss_figure(table: pd.DataFrame, key: str, title: str):

@@ -140,6 +140,23 @@ def test_a_killed_job_is_crashed_and_described_by_its_metrics(lr_sweep, capsys):
     assert statuses == ["crashed", "failed", "diverged"]
 
 
+def test_loss_plot_of_a_large_sweep_keys_colours_with_a_bar_not_a_legend(lr_sweep):
+    # 64 legend entries would bury the plot (and squash it to a sliver): a colour bar instead,
+    # labelled with some of the jobs' values, first and last among them.
+    jobs = report.collect_jobs(lr_sweep)[:1] * 64
+    labels = [f"{lr:.3g}" for lr in np.geomspace(1e-4, 0.1, 64)]
+    fig = report.loss_figure(jobs, labels, "title", "optimizer.lr")
+    ax, bar = fig.axes
+    assert ax.get_legend() is None
+    assert len(ax.get_lines()) == 64
+    ticks = [t.get_text() for t in bar.get_yticklabels()]
+    assert ticks[0] == labels[0] and ticks[-1] == labels[-1] and len(ticks) == 8
+    assert bar.get_ylabel() == "optimizer.lr"
+    # the plot keeps most of the figure's height
+    fig.savefig(io.BytesIO(), format="png")  # lays the figure out
+    assert ax.get_position().height > 0.6
+
+
 def test_loss_plot_keeps_the_comparison_readable_when_a_job_diverges(lr_sweep):
     jobs = report.collect_jobs(lr_sweep)
     fig = report.loss_figure(jobs, ["0.01", "0.1", "1.0"], "title", "optimizer.lr")

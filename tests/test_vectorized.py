@@ -90,7 +90,8 @@ def test_batched_jobs_equal_runs_one_by_one(case, tmp_path):
         want = tmp_path / "basic" / job
         run(compose_config("log.progress=false", *overrides), want, overrides)
         assert_same_job(out / job, want)
-        assert (out / job / ".hydra" / "config.yaml").is_file()
+        saved = (out / job / ".hydra" / "config.yaml").read_text()
+        assert saved == OmegaConf.to_yaml(compose_config(*overrides))
         statuses.append(json.loads((out / job / "summary.json").read_text())["status"])
     assert statuses == ["completed"] * 3 + ["diverged"]
     table = pd.read_csv(out / "summary.csv")
