@@ -33,6 +33,10 @@ def _problems(*rows: tuple[str, object, bool, str]) -> list[Problem]:
     return [(field, value, allowed) for field, value, valid, allowed in rows if not valid]
 
 
+def _same(value: Array) -> Array:
+    return value
+
+
 def _lerp(start: Array, end: Array, weight: float) -> Array:
     # torch.lerp picks its formula by the size of the weight, to stay exact at both ends.
     if abs(weight) < 0.5:
@@ -65,7 +69,8 @@ class _ManualRule:
         """
         new_params: dict[str, Array] = {}
         new_state: dict[str, dict] = {}
-        asarray = xp.asarray
+        # numpy turns 0-d results into scalars; asarray restores the array (torch needs nothing)
+        asarray = _same if xp.__name__ == "torch" else xp.asarray
         for name, param in params.items():
             grad = grads.get(name)
             old = state[name]
@@ -74,7 +79,6 @@ class _ManualRule:
                 continue
             step = int(old["step"]) + 1
             param, buffers = self._step(param, grad, step, old, xp)
-            # numpy turns 0-d results into scalars; asarray restores the array (a no-op for torch)
             new_params[name] = asarray(param)
             new_state[name] = {"step": step, **{k: asarray(v) for k, v in buffers.items()}}
         return new_params, new_state

@@ -39,7 +39,9 @@ class AutogradLoop:
             loss.backward()
             grads = {k: p.grad.clone() for k, p in self.params.items()}
             with torch.no_grad():
-                new, self.opt_state = rule.update(self._values(), grads, self.opt_state, torch)
+                # The leaves themselves: under no_grad the rule's arithmetic records nothing,
+                # and it returns new tensors, never its inputs (every parameter has a gradient).
+                new, self.opt_state = rule.update(self.params, grads, self.opt_state, torch)
                 for k, p in self.params.items():
                     p.copy_(new[k])
                     p.grad.zero_()
