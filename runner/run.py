@@ -1,6 +1,8 @@
 """run(cfg): builds everything from the config, drives the loop, feeds the sinks, sums up.
 
 DictConfig stops here: below this module everything takes plain values and small dataclasses.
+The vectorized launcher (runner.vectorized) drives K jobs with the same parts: build_problem,
+open_sinks, Tracker, initial_summary, save_state and settings_fingerprint.
 """
 
 from __future__ import annotations
@@ -57,12 +59,12 @@ def run(
     log: LogConf = OmegaConf.to_object(cfg.log)
     device = resolve_device(cfg.device.name.value, loop_name)
     # Data and model come before the loop class: bad input is reported before torch loads.
-    problem = _problem(cfg, train, device)
+    problem = build_problem(cfg, train, device)
     loop_cls = loop_class(cfg.loop)
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
     checkpoint_dir = out_dir / "checkpoint"
-    fingerprint = _fingerprint(cfg)
+    fingerprint = settings_fingerprint(cfg)
     saved = checkpoint.load(checkpoint_dir, loop_cls.backend, device) if train.resume else None
     if saved is not None:
         _check_same_settings(saved.meta["fingerprint"], fingerprint)
@@ -72,7 +74,7 @@ def run(
             return finished
     loop = loop_cls(problem)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
-    tracker = _Tracker(layout, train.steps, log.every_n_steps)
+    tracker = Tracker(layout, train.steps, log.every_n_steps)
     resume_at = None
     if saved is not None:
         loop.load_state(saved.state)
@@ -98,7 +100,7 @@ def run(
     # Divergence is the runner's to detect and report, so NumPy's overflow warnings are noise.
     with StopSignals() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
-            sinks = _open_sinks(
+            sinks = open_sinks(
                 cfg, log, layout, out_dir, problem.dtype, overrides, choices, resume_at
             )
             with _progress(train.steps, first - 1, log.progress) as bar:
@@ -153,7 +155,7 @@ def initial_summary(
     loop: str,
     device: str,
     overrides: Sequence[str],
-    tracker: _Tracker,
+    tracker: Tracker,
 ) -> dict[str, Any]:
     """summary.json as a run starts (status `running`), carrying what a resume restored."""
     summary: dict[str, Any] = {
@@ -177,7 +179,7 @@ def save_state(
     directory: Path,
     backend: str,
     state: dict,
-    tracker: _Tracker,
+    tracker: Tracker,
     sinks: list,
     fingerprint: dict[str, Any],
 ) -> None:
@@ -205,7 +207,8 @@ _FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "loop")
 _FINGERPRINT_TRAIN = ("seed", "batch_size", "dtype")
 
 
-def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
+def settings_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """{"fingerprint": ...}: the settings a resumed run must share with its checkpoint, flat."""
     settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _FINGERPRINT_KEYS}
     settings["train"] = {
         k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in _FINGERPRINT_TRAIN
@@ -233,7 +236,8 @@ def _check_same_settings(saved: Mapping[str, str], now: Mapping[str, Any]) -> No
             )
 
 
-def _problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
+def build_problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
+    """The loops' Problem: data and initial weights from the config, in the run's dtype."""
     parts = build_parts(cfg)
     data, model = parts["data"], parts["model"]
     dtype = train.dtype.value
@@ -260,7 +264,7 @@ def _problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
     )
 
 
-class _Tracker:
+class Tracker:
     """Follows the host rows: divergence, best and last values, and which steps get logged."""
 
     def __init__(self, layout: Layout, last_step: int, every: int) -> None:
@@ -316,7 +320,7 @@ class _Tracker:
         }
 
 
-def _open_sinks(
+def open_sinks(
     cfg: DictConfig,
     log: LogConf,
     layout: Layout,
@@ -326,6 +330,7 @@ def _open_sinks(
     choices: Mapping[str, str] | None,
     resume_at: int | None,
 ) -> list:
+    """The sinks log.* asks for, in out_dir; after a resume they continue from resume_at."""
     sinks: list = []
     if log.csv:
         sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, resume_at))

@@ -428,12 +428,12 @@ class _BatchedSweep:
         from runner.device import resolve_device
         from runner.metrics import Layout
         from runner.run import (
-            _fingerprint,
-            _open_sinks,
-            _problem,
-            _Tracker,
+            Tracker,
+            build_problem,
             initial_summary,
+            open_sinks,
             save_state,
+            settings_fingerprint,
         )
         from runner.schema import LogConf, TrainConf
         from runner.sinks.summary import write_summary
@@ -444,7 +444,7 @@ class _BatchedSweep:
         train: TrainConf = OmegaConf.to_object(first.train)
         log_conf: LogConf = OmegaConf.to_object(first.log)
         device = resolve_device(first.device.name.value, loop_name)
-        problem = _problem(first, train, device)
+        problem = build_problem(first, train, device)
         loop_cls = loop_class(first.loop)
         k = len(self.configs)
         lrs = np.array([float(c.optimizer.lr) for c in self.configs], dtype=np.float64)
@@ -465,14 +465,14 @@ class _BatchedSweep:
         with read_write(task_template), open_dict(task_template):
             del task_template["hydra"]
         jobs = [self._start_job(cfg, task_template) for cfg in self.configs]
-        trackers = [_Tracker(layout, train.steps, log_conf.every_n_steps) for _ in jobs]
+        trackers = [Tracker(layout, train.steps, log_conf.every_n_steps) for _ in jobs]
         sinks: list[list] = [[] for _ in jobs]
         summaries: list[dict[str, Any]] = []
         for j, job in enumerate(jobs):
             summary = initial_summary(problem, loop_cls.name, device, job["overrides"], trackers[j])
             write_summary(job["dir"] / "summary.json", summary)
             summaries.append(summary)
-        fingerprints = [_fingerprint(job["task_cfg"]) for job in jobs]
+        fingerprints = [settings_fingerprint(job["task_cfg"]) for job in jobs]
 
         def save_checkpoint(j: int) -> None:
             directory = jobs[j]["dir"] / "checkpoint"
@@ -486,7 +486,7 @@ class _BatchedSweep:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             try:
                 for j, job in enumerate(jobs):
-                    sinks[j] = _open_sinks(
+                    sinks[j] = open_sinks(
                         job["task_cfg"],
                         log_conf,
                         layout,

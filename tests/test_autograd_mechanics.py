@@ -42,11 +42,11 @@ def test_no_grad_and_detach_stop_tracking():
 
 
 def test_autograd_loop_zeroes_gradients_by_hand_each_step():
-    from runner.run import _problem
+    from runner.run import build_problem
     from runner.schema import TrainConf
 
     cfg = compose_config("experiment=autograd_gd", "train.dtype=float64")
-    problem = _problem(cfg, TrainConf(steps=10, dtype=cfg.train.dtype), "cpu")
+    problem = build_problem(cfg, TrainConf(steps=10, dtype=cfg.train.dtype), "cpu")
     loop = AutogradLoop(problem)
     records = list(loop.steps(1, 3))
     # each step's gradient is that step's own (15 (w - 2)), not a running sum
