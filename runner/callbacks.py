@@ -1,4 +1,5 @@
-"""Hydra callbacks: the sweep report, written into the sweep directory when a multirun ends."""
+"""Hydra callbacks: the sweep report, written into the sweep directory when a multirun ends, and
+the exit code of a sweep with a failed job."""
 
 from __future__ import annotations
 
@@ -28,6 +29,26 @@ class SweepReport(Callback):
         except Exception as err:
             message = " ".join(str(err).split()) or type(err).__name__
             print(f"runner: no sweep report in {sweep_dir}: {message}", file=sys.stderr, flush=True)
+
+
+class FailedJobs(Callback):
+    """Makes `runner -m` exit non-zero when a job failed, whichever launcher ran it: a job that
+    raised in another process (joblib, submitit, Ray) reports it only in its summary.json."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+
+        from runner.cli import note_failed_job
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        for job in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
+            try:  # a job refused before training (a bad value) has no summary.json at all
+                status = json.loads((job / "summary.json").read_text()).get("status")
+            except (OSError, ValueError, AttributeError):
+                status = None
+            if status not in ("completed", "diverged"):
+                note_failed_job(1)
+                return
 
 
 class QuietOptuna(Callback):

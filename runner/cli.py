@@ -53,6 +53,11 @@ def report_failed_job(err: BaseException) -> None:
     """One line on stderr for a job that raised; the command then exits non-zero."""
     message, code = describe_error(err)
     print(f"runner: error: {message}", file=sys.stderr, flush=True)
+    note_failed_job(code)
+
+
+def note_failed_job(code: int) -> None:
+    """The command exits with the first code noted (a sweep's other jobs still run)."""
     _FAILED_JOBS.append(code)
 
 

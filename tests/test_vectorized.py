@@ -168,3 +168,35 @@ def test_an_optim_job_that_raises_fails_alone_as_under_the_basic_launcher(tmp_pa
         assert_same_job(vec / job, basic / job)
     status = [json.loads((vec / job / "summary.json").read_text())["status"] for job in JOBS]
     assert status == ["completed"] * 3 + ["failed"]
+
+
+@pytest.mark.slow
+def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
+    # The vectorized launcher makes the check Hydra's sweeper skips under it: Hydra's message,
+    # exit 2, no job directory, as with the basic launcher.
+    for launcher in ("vectorized", "basic"):
+        out = tmp_path / launcher
+        extra = ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
+        result = run_cli("-m", "optimizer.lr=0.1,0.01,abc", "loop=numpy", *COMMON, *extra,
+                         f"hydra.sweep.dir={out}", cwd=tmp_path, PYTHONPATH=str(REPO))  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "runner: error: optimizer.lr=abc: Value 'abc' of type 'str' could not be converted "
+            "to Float"
+        ]
+        assert not out.exists() or job_dirs(out) == []
+
+
+@pytest.mark.slow
+def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_path):
+    def sweeper_of(sweep_dir: Path) -> str:
+        return OmegaConf.load(sweep_dir / "multirun.yaml").hydra.sweeper._target_
+
+    out, _ = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
+                   "hydra/launcher=vectorized")  # fmt: skip
+    assert sweeper_of(out).endswith(".RunnerSweeper")
+    (tmp_path / "chosen").mkdir()
+    out, _ = sweep(tmp_path / "chosen", "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
+                   "hydra/launcher=vectorized", "hydra/sweeper=basic")  # fmt: skip
+    assert sweeper_of(out).endswith(".BasicSweeper")
+    assert job_dirs(out) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
