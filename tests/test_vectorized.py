@@ -200,3 +200,30 @@ def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_pat
                    "hydra/launcher=vectorized", "hydra/sweeper=basic")  # fmt: skip
     assert sweeper_of(out).endswith(".BasicSweeper")
     assert job_dirs(out) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loop_args",
+    [
+        ("loop=numpy", "optimizer=adam"),
+        ("loop=autograd", "optimizer=rmsprop", "optimizer.momentum=0.5"),
+        ("loop=optim", "optimizer=adam", *LINEAR),
+    ],
+    ids=lambda args: args[0],
+)
+def test_a_batched_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_path):
+    # 20 steps in the sweep, then the job's own run resumes from its checkpoint to 30: the same
+    # rows as one run of 30 steps from scratch (optimizer state included).
+    args = (*loop_args, "log.tensorboard=false", "train.checkpoint_every=10")
+    out, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.05", *args, "train.steps=20",
+                        "hydra/launcher=vectorized")  # fmt: skip
+    assert "vectorized launcher" not in stdout
+    job = out / "1_optimizer.lr=0.05"
+    overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+    resumed = run(compose_config("log.progress=false", *overrides, "train.steps=30",
+                                 "train.resume=true"), job, overrides)  # fmt: skip
+    assert resumed["status"] == "completed" and resumed["steps_completed"] == 30
+    want = tmp_path / "want"
+    run(compose_config("log.progress=false", *overrides, "train.steps=30"), want, overrides)
+    assert_same_job(job, want)
