@@ -3,8 +3,8 @@
 When the jobs of a sweep differ only in `optimizer.lr` (any loop; any optimizer but LBFGS), every
 job starts from the same parameters and sees the same batches; only the rate differs. So K jobs
 train at once as one problem whose parameters carry a leading K axis: one forward and backward
-for all. The manual loops' update rules are elementwise and take `lr` of shape (K, 1, ...); the
-optim loop hands each job's slice to torch.optim in a param group with the job's rate. Each job
+for all. The manual loops' update rules are elementwise and take `lr` of shape (K, 1, ...); in
+the optim loop each job's own torch.optim optimizer, at the job's rate, steps its slice. Each job
 still gets its own directory, `.hydra/`, metrics.csv, tensorboard/, checkpoint/ and summary.json,
 written by the same sinks and tracker as `runner.run.run`, and a job that diverges stops logging
 at its own step while the others go on. Any other sweep runs job by job, as Hydra's basic
@@ -18,8 +18,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -261,7 +262,7 @@ class BatchedRule:
 # --- the batched loops: each loop with a leading K axis ---------------------------------------
 class _BatchedNumpy:
     backend = "numpy"
-    failed: dict = {}  # noqa: RUF012 (never written: elementwise updates raise for no job)
+    failed: Mapping[int, tuple] = MappingProxyType({})  # elementwise updates raise for no job
 
     def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
         self.problem, self.rule = problem, rule
@@ -296,7 +297,7 @@ class _BatchedNumpy:
 
 class _BatchedAutograd:
     backend = "torch"
-    failed: dict = {}  # noqa: RUF012 (never written: elementwise updates raise for no job)
+    failed: Mapping[int, tuple] = MappingProxyType({})  # elementwise updates raise for no job
 
     def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
         import torch
