@@ -36,12 +36,13 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from runner.run import CHUNK  # steps moved to the host (and to the sinks) at a time
+
 log = logging.getLogger(__name__)
 
 # The keys a batched sweep may vary; the rules take an array for them.
 BATCHED_KEYS = ("optimizer.lr",)
 BATCHED_LOOPS = ("numpy", "autograd", "optim")
-CHUNK = 64  # steps moved to the host (and to every job's sinks) at a time, as runner.run does
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
@@ -279,8 +280,7 @@ class _BatchedNumpy:
         x = p.model.inputs(x)
         pred = p.model.forward(self.params, x, np)  # (K, N)
         loss, dpred = p.loss.value_and_grad(pred, y)  # (K,), (K, N)
-        grads = p.model.backward(self.params, x, dpred)
-        grads = {n: g.astype(p.dtype, copy=False) for n, g in grads.items()}
+        grads = p.model.backward(self.params, x, dpred)  # in the run's dtype, as in NumpyLoop
         self.params, self.opt_state = self.rule.update(self.params, grads, self.opt_state, np)
         return loss, self.params, grads
 
@@ -295,48 +295,62 @@ class _BatchedNumpy:
         }
 
 
-class _BatchedAutograd:
-    backend = "torch"
-    failed: Mapping[int, tuple] = MappingProxyType({})  # elementwise updates raise for no job
+class _BatchedTorch:
+    """What the two torch loops' batched versions share: the data on the device, the parameters
+    as (K, *shape) leaves, and the K jobs' losses from one forward."""
 
-    def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
+    backend = "torch"
+
+    def __init__(self, problem: Any, k: int) -> None:
         import torch
 
         from runner.loops.torch_common import TorchData
 
-        self.torch, self.problem, self.rule = torch, problem, rule
+        self.torch, self.problem = torch, problem
         self.data = TorchData(problem)
         self.params = {
             n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
             for n, v in problem.init.items()
         }
-        with torch.no_grad():
-            self.opt_state = rule.init_state(self._values(), torch)
         # Per-sample losses, averaged per job: the sum's gradient is each job's own.
         self.loss_fn = problem.loss.torch_loss()
         self.loss_fn.reduction = "none"
+
+    def _losses(self, step: int) -> Any:
+        """The K jobs' losses at `step`'s batch, (K,), with the graph to the leaves."""
+        x, y = self.data.batch(step)
+        model = self.problem.model
+        pred = model.forward(self.params, model.inputs(x), self.torch)  # (K, N)
+        return self.loss_fn(pred, y.expand_as(pred)).mean(dim=-1)
+
+    @staticmethod
+    def to_numpy(value: Any) -> np.ndarray:
+        return value.detach().to("cpu").numpy()
+
+
+class _BatchedAutograd(_BatchedTorch):
+    failed: Mapping[int, tuple] = MappingProxyType({})  # elementwise updates raise for no job
+
+    def __init__(self, problem: Any, rule: BatchedRule, k: int) -> None:
+        super().__init__(problem, k)
+        self.rule = rule
+        with self.torch.no_grad():
+            self.opt_state = rule.init_state(self._values(), self.torch)
 
     def _values(self) -> dict:
         return {n: p.detach() for n, p in self.params.items()}
 
     def step(self, step: int) -> tuple[Any, dict, dict]:
-        torch = self.torch
-        x, y = self.data.batch(step)
-        model = self.problem.model
-        pred = model.forward(self.params, model.inputs(x), torch)  # (K, N)
-        loss = self.loss_fn(pred, y.expand_as(pred)).mean(dim=-1)  # (K,)
+        loss = self._losses(step)
         loss.sum().backward()
         grads = {n: p.grad.clone() for n, p in self.params.items()}
+        torch = self.torch
         with torch.no_grad():
             new, self.opt_state = self.rule.update(self._values(), grads, self.opt_state, torch)
             for n, p in self.params.items():
                 p.copy_(new[n])
                 p.grad.zero_()
         return loss.detach(), new, grads
-
-    @staticmethod
-    def to_numpy(value: Any) -> np.ndarray:
-        return value.detach().to("cpu").numpy()
 
     def job_state(self, j: int) -> dict:
         return {
@@ -345,47 +359,31 @@ class _BatchedAutograd:
         }
 
 
-class _BatchedOptim:
+class _BatchedOptim(_BatchedTorch):
     """The optim loop's K jobs: one batched forward and backward, then torch.optim itself steps
     every job. Job j's parameters are nn.Parameters over row j of the batched tensors, with an
     optimizer of their own at the job's rate, so each job's update, state and checkpoint are
     those of its own run; only the forward and backward are shared. A job whose step raises
     (as AdamW does when lr * weight_decay overflows the dtype) fails alone, as its run would."""
 
-    backend = "torch"
-    to_numpy = staticmethod(_BatchedAutograd.to_numpy)
-
     def __init__(self, problem: Any, lrs: np.ndarray) -> None:
-        import torch
         from torch import nn
 
-        from runner.loops.torch_common import TorchData
-
-        self.torch, self.problem = torch, problem
-        self.data = TorchData(problem)
-        k = len(lrs)
-        self.params = {
-            n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
-            for n, v in problem.init.items()
-        }
+        super().__init__(problem, len(lrs))
         # nn.Parameter keeps the storage it is given: the optimizer's in-place updates of job
         # j's parameters are updates of row j.
         self.jobs = [
-            {n: nn.Parameter(p.detach()[j]) for n, p in self.params.items()} for j in range(k)
+            {n: nn.Parameter(p.detach()[j]) for n, p in self.params.items()}
+            for j in range(len(lrs))
         ]
         self.optimizers = [
             dataclasses.replace(problem.optimizer, lr=float(lr)).torch_optimizer(job.values())
             for job, lr in zip(self.jobs, lrs, strict=True)
         ]
         self.failed: dict[int, tuple[int, BaseException]] = {}  # job -> (step, what it raised)
-        self.loss_fn = problem.loss.torch_loss()
-        self.loss_fn.reduction = "none"
 
     def step(self, step: int) -> tuple[Any, dict, dict]:
-        x, y = self.data.batch(step)
-        model = self.problem.model
-        pred = model.forward(self.params, model.inputs(x), self.torch)  # (K, N)
-        loss = self.loss_fn(pred, y.expand_as(pred)).mean(dim=-1)  # (K,)
+        loss = self._losses(step)
         for p in self.params.values():
             p.grad = None
         loss.sum().backward()
