@@ -36,19 +36,12 @@ class FailedJobs(Callback):
     raised in another process (joblib, submitit, Ray) reports it only in its summary.json."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        import json
-
         from runner.cli import note_failed_job
+        from runner.report import job_statuses
 
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        for job in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
-            try:  # a job refused before training (a bad value) has no summary.json at all
-                status = json.loads((job / "summary.json").read_text()).get("status")
-            except (OSError, ValueError, AttributeError):
-                status = None
-            if status not in ("completed", "diverged"):
-                note_failed_job(1)
-                return
+        statuses = job_statuses(Path(str(config.hydra.sweep.dir)), sweep_ended=True)
+        if any(status not in ("completed", "diverged") for status in statuses):
+            note_failed_job(1)
 
 
 class QuietOptuna(Callback):

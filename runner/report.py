@@ -112,11 +112,7 @@ def load_job(path: Path, *, sweep_ended: bool = False) -> Job:
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml", default=None)
     if not isinstance(overrides, list):
         overrides = list(summary.get("overrides", []))
-    status = summary.get("status")
-    if status is None:
-        status = "failed" if sweep_ended else "crashed"
-    elif status == "running":
-        status = "crashed"
+    status = job_status(summary, sweep_ended=sweep_ended)
     num = hydra.get("job", {}).get("num")
     if not isinstance(num, int):  # a single run's hydra.yaml has none
         match = re.match(r"(\d+)(_|$)", path.name)
@@ -131,6 +127,25 @@ def load_job(path: Path, *, sweep_ended: bool = False) -> Job:
         config=_read_yaml(path / ".hydra" / "config.yaml"),
         loop=hydra.get("runtime", {}).get("choices", {}).get("loop") or summary.get("loop"),
     )
+
+
+def job_status(summary: dict[str, Any], *, sweep_ended: bool = False) -> str:
+    """A job's status from its summary.json (empty when missing), as load_job explains."""
+    status = summary.get("status")
+    if status is None:
+        return "failed" if sweep_ended else "crashed"
+    return "crashed" if status == "running" else str(status)
+
+
+def job_statuses(sweep_dir: Path, *, sweep_ended: bool = False) -> list[str]:
+    """The status of every job directory in `sweep_dir`, from its summary.json alone."""
+    if not sweep_dir.is_dir():
+        return []
+    return [
+        job_status(_read_json(p / "summary.json"), sweep_ended=sweep_ended)
+        for p in sweep_dir.iterdir()
+        if p.is_dir() and _is_run_dir(p)
+    ]
 
 
 def collect_jobs(sweep_dir: Path, *, sweep_ended: bool = False) -> list[Job]:
