@@ -250,11 +250,19 @@ def build_problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
             f"a dtype that holds the data (|values| > {np.finfo(dtype).max:.3g}"
             " overflow it): train.dtype=float64",
         )
-    init = model.init_params(data.n_features, np.random.default_rng(train.seed))
+    drawn = model.init_params(data.n_features, np.random.default_rng(train.seed))
+    with np.errstate(over="ignore"):
+        init = {k: np.asarray(v, dtype=dtype) for k, v in drawn.items()}
+    if not all(np.isfinite(v).all() for v in init.values()):
+        raise ConfigError(
+            "model.init",
+            cfg.model.init,
+            f"a finite number that {dtype} holds (|init| <= {np.finfo(dtype).max:.3g}), or null",
+        )
     return Problem(
         x=x,
         y=y,
-        init={k: np.asarray(v, dtype=dtype) for k, v in init.items()},
+        init=init,
         model=model,
         loss=parts["loss"],
         optimizer=parts["optimizer"],

@@ -363,8 +363,8 @@ class _BatchedOptim(_BatchedTorch):
     """The optim loop's K jobs: one batched forward and backward, then torch.optim itself steps
     every job. Job j's parameters are nn.Parameters over row j of the batched tensors, with an
     optimizer of their own at the job's rate, so each job's update, state and checkpoint are
-    those of its own run; only the forward and backward are shared. A job whose step raises
-    (as AdamW does when lr * weight_decay overflows the dtype) fails alone, as its run would."""
+    those of its own run; only the forward and backward are shared. A job whose step overflows
+    the dtype diverges alone, and one whose step raises otherwise fails alone, as its run would."""
 
     def __init__(self, problem: Any, lrs: np.ndarray) -> None:
         from torch import nn
@@ -383,6 +383,8 @@ class _BatchedOptim(_BatchedTorch):
         self.failed: dict[int, tuple[int, BaseException]] = {}  # job -> (step, what it raised)
 
     def step(self, step: int) -> tuple[Any, dict, dict]:
+        from runner.loops.torch_common import step_or_overflow
+
         loss = self._losses(step)
         for p in self.params.values():
             p.grad = None
@@ -393,7 +395,7 @@ class _BatchedOptim(_BatchedTorch):
             for n, p in job.items():
                 p.grad = self.params[n].grad[j]
             try:
-                optimizer.step()
+                step_or_overflow(optimizer, job.values())  # an overflow: this job diverges
             except Exception as err:
                 self.failed[j] = (step, err)
         params = {n: p.detach().clone() for n, p in self.params.items()}

@@ -144,9 +144,9 @@ def test_lbfgs_runs_job_by_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_optim_job_that_raises_fails_alone_as_under_the_basic_launcher(tmp_path):
-    # torch.optim.Adam refuses a step size that overflows float32 (lr 1e38): that job's run
-    # raises at step 1 and the sweep exits non-zero; the other jobs are not affected.
+def test_an_optim_job_whose_step_overflows_diverges_alone_as_under_the_basic_launcher(tmp_path):
+    # torch.optim.Adam refuses a step size that overflows float32 (lr 1e38), where the manual
+    # rules reach inf: that job's run diverges at step 1 and the other jobs are not affected.
     args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=optim", "optimizer=adam", *COMMON)
     results = {}
     for launcher in ("vectorized", "basic"):
@@ -157,17 +157,13 @@ def test_an_optim_job_that_raises_fails_alone_as_under_the_basic_launcher(tmp_pa
         result = run_cli(*args, *extra, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
         results[launcher] = (out, result)
     (vec, got), (basic, want) = results["vectorized"], results["basic"]
-    assert got.returncode == want.returncode == 1
+    assert got.returncode == want.returncode == 0, got.stderr + want.stderr
     assert "vectorized launcher" not in got.stdout  # batched
-    errors = [line for line in got.stderr.splitlines() if line.startswith("runner: error:")]
-    assert errors == [
-        line for line in want.stderr.splitlines() if line.startswith("runner: error:")
-    ]
-    assert len(errors) == 1 and "overflow" in errors[0]
+    assert "diverged at step 1:" in got.stdout and "diverged at step 1:" in want.stdout
     for job in JOBS:
         assert_same_job(vec / job, basic / job)
     status = [json.loads((vec / job / "summary.json").read_text())["status"] for job in JOBS]
-    assert status == ["completed"] * 3 + ["failed"]
+    assert status == ["completed"] * 3 + ["diverged"]
 
 
 @pytest.mark.slow

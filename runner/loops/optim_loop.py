@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from runner.loops import Problem, StepRecord
-from runner.loops.torch_common import TorchData, pack_torch
+from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
 
 
 class OptimLoop:
@@ -50,7 +50,7 @@ class OptimLoop:
                 loss = loss_fn(module(x), y)
                 loss.backward()
                 grads = {k: p.grad for k, p in self.named.items()}
-                optimizer.step()
+                step_or_overflow(optimizer, self.named.values())
                 loss = loss.detach()
             params = {k: p.detach().clone() for k, p in self.named.items()}
             yield StepRecord(step, loss, group["lr"], params, grads)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
@@ -39,3 +42,23 @@ def pack_torch(records: list[StepRecord]) -> np.ndarray:
     """Host rows of records holding device tensors: stacked on the device and copied in one
     transfer, so on a GPU this is the only synchronisation, once per chunk of records."""
     return pack_rows(records, torch, lambda t: t.detach().to("cpu").numpy())
+
+
+def step_or_overflow(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> bool:
+    """`optimizer.step()`; False when the step's scalars overflow the run's dtype.
+
+    torch.optim refuses such a step (a float32 run at lr 1e38: "value cannot be converted to type
+    float without overflow") where the manual rules compute it and reach inf. Both are the same
+    divergence, so here the parameters become NaN (no number of the dtype is the update) and the
+    run reports `diverged at step N` as the other loops do.
+    """
+    try:
+        optimizer.step()
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        with torch.no_grad():
+            for p in params:
+                p.fill_(math.nan)
+        return False
+    return True
