@@ -16,18 +16,21 @@ This module must never import torch at module level: the numpy loop runs without
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
 Array = Any  # a numpy.ndarray or a torch.Tensor; `xp` is the numpy or torch module
-Problem = tuple[str, object, str]  # (field, value, what is allowed)
+Finding = tuple[str, object, str]  # an out-of-range hyperparameter: (field, value, allowed)
 
 
-def _problems(*rows: tuple[str, object, bool, str]) -> list[Problem]:
+def _problems(*rows: tuple[str, object, bool, str]) -> list[Finding]:
     # Conditions are written as "what is valid" so that NaN, which fails every comparison,
     # is reported too.
     return [(field, value, allowed) for field, value, valid, allowed in rows if not valid]
@@ -51,7 +54,7 @@ class _ManualRule:
 
     manual: ClassVar[bool] = True  # usable by the numpy and autograd loops
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         raise NotImplementedError
 
@@ -102,7 +105,7 @@ class SGD(_ManualRule):
     nesterov: bool = False
     weight_decay: float = 0.0
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         return _problems(
             ("lr", self.lr, self.lr > 0, "a number > 0"),
@@ -167,7 +170,7 @@ class _AdamFamily(_ManualRule):
         # Configs give betas as a list; a tuple keeps the rule hashable and torch-compatible.
         object.__setattr__(self, "betas", tuple(self.betas))
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         betas_valid = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
         return _problems(
@@ -256,7 +259,7 @@ class RMSprop(_ManualRule):
     centered: bool = False
     weight_decay: float = 0.0
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         return _problems(
             ("lr", self.lr, self.lr > 0, "a number > 0"),
@@ -317,7 +320,7 @@ class Adagrad(_ManualRule):
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         init = self.initial_accumulator_value
         return _problems(
@@ -366,7 +369,7 @@ class LBFGS:
 
     manual: ClassVar[bool] = False
 
-    def check(self) -> list[Problem]:
+    def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
         return _problems(
             ("lr", self.lr, self.lr > 0, "a number > 0"),
@@ -407,3 +410,101 @@ class LBFGS:
             history_size=self.history_size,
             line_search_fn=self.line_search_fn,
         )
+
+
+# --- one rule for K jobs -------------------------------------------------------------------
+def for_jobs(rule: Any, lrs: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """`rule` for parameters with a leading job axis, job j at rate lrs[j].
+
+    When every job has the same rate (a single run is K = 1), that is the rule itself at that
+    rate as a Python float: exactly the arithmetic of a run alone, and no per-operation cost.
+    """
+    if bool(np.all(lrs == lrs[0])):
+        return dataclasses.replace(rule, lr=float(lrs[0]))
+    return PerJobRule(rule, lrs, shapes)
+
+
+class Rates:
+    """K learning rates standing in for a rule's one `lr` float, shape (K, 1, ...).
+
+    Arithmetic with Python numbers stays in float64, as the rule's float arithmetic would; meeting
+    an array, the rates take the array's dtype first, as a Python float does (NumPy's weak
+    scalars, torch's wrapped numbers). Each job's update is then the one its own run computes.
+    """
+
+    __array_ufunc__ = None  # NumPy hands `array * rates` to __rmul__
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values  # float64
+        self._cast: dict[Any, Any] = {}
+
+    def _like(self, other: Any) -> Any:
+        if isinstance(other, np.ndarray | np.generic):
+            key = other.dtype
+            if key not in self._cast:
+                self._cast[key] = self.values.astype(other.dtype)
+            return self._cast[key]
+        key = (other.dtype, other.device)
+        if key not in self._cast:
+            import torch
+
+            self._cast[key] = torch.as_tensor(self.values, dtype=other.dtype, device=other.device)
+        return self._cast[key]
+
+    def _apply(self, other: Any, op: Any) -> Any:
+        if isinstance(other, int | float):
+            return Rates(op(self.values, other))
+        return op(self._like(other), other)
+
+    def _apply_reflected(self, other: Any, op: Any) -> Any:
+        if isinstance(other, int | float):
+            return Rates(op(other, self.values))
+        return op(other, self._like(other))
+
+    def __neg__(self) -> Rates:
+        return Rates(-self.values)
+
+    def __mul__(self, other):
+        return self._apply(other, lambda a, b: a * b)
+
+    def __rmul__(self, other):
+        return self._apply_reflected(other, lambda a, b: a * b)
+
+    def __truediv__(self, other):
+        return self._apply(other, lambda a, b: a / b)
+
+    def __rtruediv__(self, other):
+        return self._apply_reflected(other, lambda a, b: a / b)
+
+    def __add__(self, other):
+        return self._apply(other, lambda a, b: a + b)
+
+    def __radd__(self, other):
+        return self._apply_reflected(other, lambda a, b: a + b)
+
+    def __sub__(self, other):
+        return self._apply(other, lambda a, b: a - b)
+
+    def __rsub__(self, other):
+        return self._apply_reflected(other, lambda a, b: a - b)
+
+
+class PerJobRule:
+    """An update rule applied to parameters with a leading job axis, one rate per job."""
+
+    def __init__(self, rule: Any, lrs: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> None:
+        k = len(lrs)
+        self.rules = {
+            name: dataclasses.replace(rule, lr=Rates(lrs.reshape(k, *[1] * len(shape))))
+            for name, shape in shapes.items()
+        }
+
+    def init_state(self, params: dict, xp: Any) -> dict:
+        return {n: r.init_state({n: params[n]}, xp)[n] for n, r in self.rules.items()}
+
+    def update(self, params: dict, grads: dict, state: dict, xp: Any) -> tuple[dict, dict]:
+        new_params, new_state = {}, {}
+        for name, rule in self.rules.items():
+            p, s = rule.update({name: params[name]}, {name: grads[name]}, {name: state[name]}, xp)
+            new_params[name], new_state[name] = p[name], s[name]
+        return new_params, new_state

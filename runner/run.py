@@ -1,17 +1,21 @@
-"""run(cfg): builds everything from the config, drives the loop, feeds the sinks, sums up.
+"""The training driver: builds everything from the config, drives the loop, feeds the sinks,
+sums up. `run(cfg)` trains one run; `run_jobs` trains K jobs that differ only in their learning
+rate as one batched problem (the vectorized launcher). A single run is a sweep of one: the same
+code drives both, so signals, the flush timer, the progress bar, checkpoints and resume exist
+once.
 
 DictConfig stops here: below this module everything takes plain values and small dataclasses.
-The vectorized launcher (runner.vectorized) drives K jobs with the same parts: build_problem,
-open_sinks, Tracker, initial_summary, save_state and settings_fingerprint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,32 @@ from runner.sinks.summary import write_summary
 CHUNK = 64
 
 
+class MixedResumeSteps(ValueError):
+    """Jobs resumed together whose checkpoints are at different steps (raised before anything
+    is written): they resume one by one instead."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to train: its task config, its output directory, and how the command line named
+    it (`overrides`, and `choices`: config group -> option), which label it in summary.json and
+    TensorBoard's HParams."""
+
+    cfg: DictConfig
+    out_dir: Path
+    overrides: Sequence[str] = ()
+    choices: Mapping[str, str] | None = None
+
+
+@dataclass
+class JobResult:
+    """What one job left: its summary (as written to summary.json) and, for a job that failed,
+    what it raised."""
+
+    summary: dict[str, Any]
+    error: BaseException | None = None
+
+
 def run(
     cfg: DictConfig,
     out_dir: Path,
@@ -45,109 +75,211 @@ def run(
 ) -> dict[str, Any]:
     """Trains as `cfg` says, writing outputs into `out_dir`; returns the summary it wrote.
 
-    `overrides` (the command line's) and `choices` (config group -> option) label the run in
-    summary.json and TensorBoard's HParams. With train.resume, a run already finished in
-    `out_dir` is left as it is, and any other continues from its checkpoint (or from step 1).
-    SIGINT or SIGTERM stops the run after the current step; once everything logged is on disk,
-    checkpointed, and the summary says `interrupted`, `Interrupted` (a KeyboardInterrupt) is
-    raised. Any other error is re-raised after the summary says `failed`.
+    A single run is `run_jobs` with one job. An error that failed the run is raised once its
+    summary says `failed`; Ctrl-C and SIGTERM raise `Interrupted` as `run_jobs` says.
+    """
+    (result,) = run_jobs([Job(cfg, Path(out_dir), tuple(overrides), choices)])
+    if result.error is not None:
+        raise result.error
+    return result.summary
+
+
+def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
+    """Trains K jobs side by side, one loop for all of them, each writing its own outputs.
+
+    The jobs must differ in nothing but `optimizer.lr` (the vectorized launcher checks that;
+    one job always qualifies). Each job has its own tracker, sinks, checkpoint and summary; a job
+    that diverges or whose step raises stops there while the others go on. With train.resume,
+    a job already finished in its directory is left as it is, and the others continue from their
+    checkpoints (which must be at one step) or from step 1. SIGINT or SIGTERM stops every job
+    after the current step; once everything logged is on disk, checkpointed, and every summary
+    says `interrupted`, `Interrupted` (a KeyboardInterrupt) is raised. Any other error is
+    re-raised after the summaries say `failed`.
     """
     started = time.perf_counter()
+    cfg = jobs[0].cfg
     loop_name = cfg.loop.name
-    validate(cfg, loop_name)
+    for job in jobs:
+        validate(job.cfg, loop_name)
     train: TrainConf = OmegaConf.to_object(cfg.train)
     log: LogConf = OmegaConf.to_object(cfg.log)
     device = resolve_device(cfg.device.name.value, loop_name)
     # Data and model come before the loop class: bad input is reported before torch loads.
-    problem = build_problem(cfg, train, device)
+    problem = build_problem(cfg, train, device, [float(job.cfg.optimizer.lr) for job in jobs])
     loop_cls = loop_class(cfg.loop)
-    out_dir = Path(out_dir)
-    summary_path = out_dir / "summary.json"
-    checkpoint_dir = out_dir / "checkpoint"
-    fingerprint = settings_fingerprint(cfg)
-    saved = checkpoint.load(checkpoint_dir, loop_cls.backend, device) if train.resume else None
-    if saved is not None:
-        _check_same_settings(saved.meta["fingerprint"], fingerprint)
-    if train.resume:
-        finished = _finished(summary_path, train.steps)
-        if finished is not None:
-            return finished
-    loop = loop_cls(problem)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
-    tracker = Tracker(layout, train.steps, log.every_n_steps)
-    resume_at = None
-    if saved is not None:
-        loop.load_state(saved.state)
-        tracker.load_state(saved.meta["tracker"])
-        resume_at = saved.step
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = initial_summary(problem, loop_cls.name, device, overrides, tracker)
-    write_summary(summary_path, summary)
+    runs = [_JobRun(job, layout, train, log) for job in jobs]
+    results: dict[int, JobResult] = {}
+    saved: dict[int, checkpoint.Checkpoint] = {}
+    for j, job_run in enumerate(runs):
+        if not train.resume:
+            continue
+        state = checkpoint.load(job_run.checkpoint_dir, loop_cls.backend, device)
+        if state is not None:
+            _check_same_settings(state.meta["fingerprint"], job_run.fingerprint)
+            saved[j] = state
+        finished = _finished(job_run.summary_path, train.steps)
+        if finished is not None:
+            results[j] = JobResult(finished)
+    active = [j for j in range(len(runs)) if j not in results]
+    if not active:
+        return [results[j] for j in range(len(runs))]
+    resume_steps = {saved[j].step if j in saved else None for j in active}
+    if len(resume_steps) > 1:
+        steps = ", ".join(sorted(str(s) for s in resume_steps))
+        raise MixedResumeSteps(f"their checkpoints are at different steps ({steps})")
+    resume_at = resume_steps.pop()
+    if len(active) < len(runs):
+        problem = dataclasses.replace(problem, lrs=problem.lrs[active])
+        runs = [runs[j] for j in active]
 
-    def save_checkpoint() -> None:
-        save_state(checkpoint_dir, loop_cls.backend, loop.state(), tracker, sinks, fingerprint)
+    loop = loop_cls(problem)
+    for j, job_run in enumerate(runs):
+        if resume_at is not None:
+            state = saved[active[j]]
+            loop.load_state(j, state.state)
+            job_run.tracker.load_state(state.meta["tracker"])
+        job_run.start(problem, loop_cls, device)
 
     every = train.checkpoint_every
     # A finished step waits at most half of log.flush_secs to reach the host, and logged rows
     # at most the other half to reach the disk: on disk within log.flush_secs of their step.
     half = log.flush_secs / 2
     first = (resume_at or 0) + 1
-    sinks: list = []
+    failed: dict = getattr(loop, "failed", {})  # job -> (step, error): a step that raised
+    live = list(range(len(runs)))  # jobs still training
     pending: list = []
     train_started = time.perf_counter()
     moved = flushed = time.monotonic()
     # Divergence is the runner's to detect and report, so NumPy's overflow warnings are noise.
     with StopSignals() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
-            sinks = open_sinks(
-                cfg, log, layout, out_dir, problem.dtype, overrides, choices, resume_at
-            )
+            for job_run in runs:
+                job_run.open_sinks(problem.dtype, resume_at)
             with _progress(train.steps, first - 1, log.progress) as bar:
                 for record in loop.steps(first, train.steps):
                     pending.append(record)
                     due = every > 0 and record.step % every == 0
                     last = record.step == train.steps or stop.signum is not None
                     now = time.monotonic()
-                    if len(pending) >= CHUNK or last or due or now - moved >= half:
-                        moved = now
-                        tracker.consume(loop.to_host(pending), sinks)
-                        if now - flushed >= half:
-                            flushed = now
-                            for sink in sinks:
-                                sink.flush()
-                        bar.set_postfix_str(f"loss={tracker.last_row[0]:.4g}", refresh=False)
-                        bar.update(len(pending))
-                        pending.clear()
-                        if tracker.diverged_at is not None or stop.signum is not None:
-                            break
-                        if due:
-                            save_checkpoint()
-            if tracker.diverged_at is not None:
-                summary["status"] = "diverged"
-            else:
-                summary["status"] = "completed" if stop.signum is None else "interrupted"
-                if every > 0 and tracker.steps_completed % every != 0:
-                    save_checkpoint()  # resume (or a longer train.steps) continues from here
+                    if not (len(pending) >= CHUNK or last or due or now - moved >= half):
+                        continue
+                    moved = now
+                    rows = loop.to_host(pending)  # (K, T, D)
+                    chunk_start = pending[0].step
+                    pending.clear()
+                    for j in list(live):
+                        job_run = runs[j]
+                        if j in failed:  # its run stops before the step that raised
+                            failed_at = failed[j][0]
+                            if failed_at > chunk_start:
+                                job_run.consume(rows[j][: failed_at - chunk_start])
+                            job_run.fail(failed[j][1])
+                            live.remove(j)
+                            continue
+                        job_run.consume(rows[j])
+                        if job_run.tracker.diverged_at is not None:
+                            live.remove(j)
+                        elif due:
+                            job_run.save_checkpoint(loop.state(j))
+                    if now - flushed >= half:
+                        flushed = now
+                        for job_run in runs:
+                            job_run.flush()
+                    shown = runs[live[0]] if live else runs[0]
+                    if shown.tracker.last_row is not None:
+                        bar.set_postfix_str(f"loss={shown.tracker.last_row[0]:.4g}", refresh=False)
+                    bar.update(len(rows[0]))
+                    if not live or stop.signum is not None:
+                        break
+            for j in live:
+                job_run = runs[j]
+                job_run.summary["status"] = "completed" if stop.signum is None else "interrupted"
+                if every > 0 and job_run.tracker.steps_completed % every != 0:
+                    # resume (or a longer train.steps) continues from here
+                    job_run.save_checkpoint(loop.state(j))
+            for job_run in runs:
+                if job_run.tracker.diverged_at is not None:
+                    job_run.summary["status"] = "diverged"
         except BaseException as err:
             # A second Ctrl-C or a crash: the steps that finished are still logged.
             interrupted = isinstance(err, KeyboardInterrupt)
-            summary["status"] = "interrupted" if interrupted else "failed"
-            if pending and pending[0].step == tracker.steps_completed + 1:
+            rows = None
+            if pending:
                 with contextlib.suppress(Exception):
-                    tracker.consume(loop.to_host(pending), sinks)
+                    rows = loop.to_host(pending)
+            for j in live:
+                job_run = runs[j]
+                job_run.summary["status"] = "interrupted" if interrupted else "failed"
+                next_step = job_run.tracker.steps_completed + 1
+                if rows is not None and pending[0].step == next_step:
+                    with contextlib.suppress(Exception):
+                        job_run.consume(rows[j])
             raise
         finally:
             train_s = time.perf_counter() - train_started
-            summary.update(tracker.results(), wall_s=time.perf_counter() - started)
-            done = summary["steps_completed"] - (resume_at or 0)
-            summary["steps_per_s"] = done / train_s if train_s > 0 else 0.0
-            for sink in sinks:
-                sink.close(summary)
-            write_summary(summary_path, summary)
-    if summary["status"] == "interrupted":
+            wall_s = time.perf_counter() - started
+            for job_run in runs:
+                job_run.finish(train_s, wall_s, resume_at)
+    if stop.signum is not None and live:
         raise Interrupted(stop.signum)
-    return summary
+    for j, job_run in enumerate(runs):
+        results[active[j]] = JobResult(job_run.summary, job_run.error)
+    return [results[j] for j in sorted(results)]
+
+
+class _JobRun:
+    """One job's side of run_jobs: its directory, tracker, sinks, checkpoint and summary."""
+
+    def __init__(self, job: Job, layout: Layout, train: TrainConf, log: LogConf) -> None:
+        self.job, self.log = job, log
+        self.out_dir = Path(job.out_dir)
+        self.summary_path = self.out_dir / "summary.json"
+        self.checkpoint_dir = self.out_dir / "checkpoint"
+        self.fingerprint = settings_fingerprint(job.cfg)
+        self.layout = layout
+        self.tracker = Tracker(layout, train.steps, log.every_n_steps)
+        self.sinks: list = []
+        self.summary: dict[str, Any] = {}
+        self.error: BaseException | None = None
+
+    def start(self, problem: Problem, loop: type, device: str) -> None:
+        self.backend = loop.backend
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.summary = initial_summary(problem, loop.name, device, self.job.overrides, self.tracker)
+        write_summary(self.summary_path, self.summary)
+
+    def open_sinks(self, dtype: str, resume_at: int | None) -> None:
+        job = self.job
+        self.sinks = open_sinks(
+            job.cfg, self.log, self.layout, self.out_dir, dtype, job.overrides, job.choices,
+            resume_at,
+        )  # fmt: skip
+
+    def consume(self, rows: np.ndarray) -> None:
+        self.tracker.consume(rows, self.sinks)
+
+    def fail(self, error: BaseException) -> None:
+        self.summary["status"] = "failed"
+        self.error = error
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def save_checkpoint(self, state: dict) -> None:
+        save_state(self.checkpoint_dir, self.backend, state, self.tracker, self.sinks,
+                   self.fingerprint)  # fmt: skip
+
+    def finish(self, train_s: float, wall_s: float, resume_at: int | None) -> None:
+        summary = self.summary
+        summary.update(self.tracker.results(), wall_s=wall_s)
+        done = summary["steps_completed"] - (resume_at or 0)
+        summary["steps_per_s"] = done / train_s if train_s > 0 else 0.0
+        for sink in self.sinks:
+            sink.close(summary)
+        write_summary(self.summary_path, summary)
 
 
 def initial_summary(
@@ -236,8 +368,11 @@ def _check_same_settings(saved: Mapping[str, str], now: Mapping[str, Any]) -> No
             )
 
 
-def build_problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
-    """The loops' Problem: data and initial weights from the config, in the run's dtype."""
+def build_problem(
+    cfg: DictConfig, train: TrainConf, device: str, lrs: Sequence[float] | None = None
+) -> Problem:
+    """The loops' Problem: data and initial weights from the config, in the run's dtype, for
+    jobs at rates `lrs` (default: the config's one rate)."""
     parts = build_parts(cfg)
     data, model = parts["data"], parts["model"]
     dtype = train.dtype.value
@@ -269,6 +404,7 @@ def build_problem(cfg: DictConfig, train: TrainConf, device: str) -> Problem:
         batches=BatchSchedule(len(data.y), train.batch_size, train.seed),
         dtype=dtype,
         device=device,
+        lrs=np.array([cfg.optimizer.lr] if lrs is None else lrs, dtype=np.float64),
     )
 
 

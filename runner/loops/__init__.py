@@ -4,6 +4,11 @@ A loop is built from a `Problem` (plain arrays and small specs, no config) and y
 `StepRecord` per optimizer update. Loops do no I/O, no logging and no host syncs of their own:
 the runner decides when records move to the host and where they go. Import a loop from its own
 module (`runner.loops.numpy_loop`, ...): this package imports no torch.
+
+Every loop trains K jobs at once: jobs that share the problem and differ only in per-job
+hyperparameters (`Problem.lrs`, shape (K,)). Parameters, losses and gradients carry a leading
+job axis, and a single run is K = 1. The update rules are elementwise, so a job's numbers do not
+depend on the others.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ Array = Any  # numpy.ndarray or torch.Tensor
 
 
 class StepRecord(NamedTuple):
-    """One optimizer update. Values stay in the loop's own arrays (on its device).
+    """One optimizer update of every job. Values stay in the loop's own arrays (on its device).
 
-    loss: at the parameters before this update (0-d); params: after it; grads: the ones it used.
+    loss (K,): at the parameters before this update; lr (K,): the rate each job used (float64,
+    on the host); params (K, *shape): after the update; grads (K, *shape): the ones it used.
     A NamedTuple: one is made every step, and it is the cheapest immutable record Python has.
     """
 
     step: int
     loss: Array
-    lr: float
+    lr: np.ndarray
     params: Mapping[str, Array]
     grads: Mapping[str, Array]
 
@@ -39,13 +45,19 @@ class Problem:
 
     x: np.ndarray  # (N, F) in `dtype`
     y: np.ndarray  # (N,) in `dtype`
-    init: Mapping[str, np.ndarray]  # initial parameters in `dtype`, drawn once
+    init: Mapping[str, np.ndarray]  # initial parameters in `dtype`, drawn once, the same per job
     model: Any  # runner.models.ScalarModel | LinearModel
     loss: Any  # runner.losses.MSE | L1 | Huber
-    optimizer: Any  # a rule from runner.optim_rules
+    optimizer: Any  # a rule from runner.optim_rules, with job 0's hyperparameters
     batches: BatchSchedule
     dtype: str  # "float32" | "float64"
     device: str  # resolved: "cpu", "cuda", "mps"
+    lrs: np.ndarray  # (K,) float64: each job's learning rate
+
+    @property
+    def jobs(self) -> int:
+        """K, the number of jobs trained side by side."""
+        return len(self.lrs)
 
 
 class Loop(Protocol):
@@ -60,34 +72,58 @@ class Loop(Protocol):
 
     @staticmethod
     def to_host(records: list[StepRecord]) -> np.ndarray:
-        """Packs records into rows [loss, lr, params..., grads...] as a (K, D) float64 array."""
+        """Packs T records into rows [loss, lr, params..., grads...]: (K, T, D) float64."""
         ...
 
-    def state(self) -> dict:
-        """{"params": ..., "optimizer": ...} after the last step, for a checkpoint."""
+    def state(self, job: int) -> dict:
+        """{"params": ..., "optimizer": ...} of one job after the last step, for its checkpoint:
+        the same tree as a run of that job alone."""
         ...
 
-    def load_state(self, state: dict) -> None:
-        """Continues from a state() taken earlier (same problem)."""
+    def load_state(self, job: int, state: dict) -> None:
+        """Continues one job from a state() taken earlier (same problem)."""
         ...
 
 
 def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
     """Host rows [loss, lr, params..., grads...] of records holding `xp` arrays (see
     Loop.to_host): one stack per parameter across the records, one transfer for them all."""
-    k = len(records)
+    t, k = len(records), len(records[0].lr)
     names = list(records[0].params)
-    blocks = [xp.stack([r.loss for r in records]).reshape(k, 1)]
-    blocks += [xp.stack([r.params[n] for r in records]).reshape(k, -1) for n in names]
-    blocks += [xp.stack([r.grads[n] for r in records]).reshape(k, -1) for n in names]
-    values = to_numpy(xp.concatenate(blocks, axis=1))  # (K, 1 + 2P), in the loop's dtype
-    rows = np.empty((k, values.shape[1] + 1))
-    rows[:, 0] = values[:, 0]
-    rows[:, 1] = [r.lr for r in records]
-    rows[:, 2:] = values[:, 1:]
+    blocks = [xp.stack([r.loss for r in records], 1).reshape(k, t, 1)]
+    blocks += [xp.stack([r.params[n] for r in records], 1).reshape(k, t, -1) for n in names]
+    blocks += [xp.stack([r.grads[n] for r in records], 1).reshape(k, t, -1) for n in names]
+    values = to_numpy(xp.concatenate(blocks, axis=2))  # (K, T, 1 + 2P), in the loop's dtype
+    rows = np.empty((k, t, values.shape[2] + 1))
+    rows[..., 0] = values[..., 0]
+    rows[..., 1] = np.stack([r.lr for r in records], 1)
+    rows[..., 2:] = values[..., 1:]
     return rows
 
 
 def pack_numpy(records: list[StepRecord]) -> np.ndarray:
     """Host rows of records whose values are NumPy arrays."""
     return pack_rows(records, np, np.asarray)
+
+
+def job_slice(opt_state: dict, job: int, take) -> dict:
+    """One job's part of a rule's state: the step count as it is, each buffer's row `job`."""
+    return {
+        name: {k: (v if k == "step" else take(v)) for k, v in buffers.items()}
+        for name, buffers in opt_state.items()
+    }
+
+
+def load_job_slice(opt_state: dict, job: int, saved: dict, copy) -> dict:
+    """`opt_state` with job `job`'s buffers (and the shared step count) from `saved`."""
+    out = {}
+    for name, buffers in opt_state.items():
+        out[name] = {}
+        for k, v in buffers.items():
+            if k == "step":
+                out[name][k] = int(saved[name][k])
+            else:
+                v = copy(v)
+                v[job] = saved[name][k]
+                out[name][k] = v
+    return out

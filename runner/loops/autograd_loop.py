@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
-from runner.loops import Problem, StepRecord
+from runner.loops import Problem, StepRecord, job_slice, load_job_slice
 from runner.loops.torch_common import TorchData, pack_torch
+from runner.optim_rules import for_jobs
 
 
 class AutogradLoop:
@@ -19,24 +21,34 @@ class AutogradLoop:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.data = TorchData(problem)
-        self.params = {k: self.data.tensor(v).requires_grad_() for k, v in problem.init.items()}
+        k = problem.jobs
+        # (K, *shape) leaves: every job starts from the same values
+        self.params = {
+            n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
+            for n, v in problem.init.items()
+        }
+        shapes = {n: np.shape(v) for n, v in problem.init.items()}
+        self.rule = for_jobs(problem.optimizer, problem.lrs, shapes)
         with torch.no_grad():
-            self.opt_state = problem.optimizer.init_state(self._values(), torch)
+            self.opt_state = self.rule.init_state(self._values(), torch)
+        # Per-sample losses, averaged per job: (K,) losses whose sum has each job's own
+        # gradient in that job's row (the jobs share no parameter).
         self.loss_fn = problem.loss.torch_loss()
+        self.loss_fn.reduction = "none"
 
     def _values(self) -> dict[str, torch.Tensor]:
         return {k: p.detach() for k, p in self.params.items()}
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
-        model, rule, data = self.problem.model, self.problem.optimizer, self.data
-        full_batch = data.batches.full_batch
-        x, y = model.inputs(data.x), data.y
+        model, rule, data, loss_fn = self.problem.model, self.rule, self.data, self.loss_fn
+        full_batch, lrs, jobs = data.batches.full_batch, self.problem.lrs, self.problem.jobs
+        x, y = model.inputs(data.x), data.y.expand(jobs, -1)  # (N, ...), (K, N)
         for step in range(first, last + 1):
             if not full_batch:
                 x, y = data.batch(step)
-                x = model.inputs(x)
-            loss = self.loss_fn(model.forward(self.params, x, torch), y)
-            loss.backward()
+                x, y = model.inputs(x), y.expand(jobs, -1)
+            loss = loss_fn(model.forward(self.params, x, torch), y).mean(dim=-1)  # (K,)
+            loss.sum().backward()
             grads = {k: p.grad.clone() for k, p in self.params.items()}
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
@@ -45,15 +57,18 @@ class AutogradLoop:
                 for k, p in self.params.items():
                     p.copy_(new[k])
                     p.grad.zero_()
-            yield StepRecord(step, loss.detach(), rule.lr, new, grads)
+            yield StepRecord(step, loss.detach(), lrs, new, grads)
 
-    def state(self) -> dict:
-        """Parameters and optimizer state after the last step."""
-        params = {k: p.detach().clone() for k, p in self.params.items()}
-        return {"params": params, "optimizer": self.opt_state}
+    def state(self, job: int) -> dict:
+        """One job's parameters and optimizer state after the last step."""
+        params = {k: p.detach()[job].clone() for k, p in self.params.items()}
+        return {
+            "params": params,
+            "optimizer": job_slice(self.opt_state, job, lambda a: a[job].clone()),
+        }
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, job: int, state: dict) -> None:
         with torch.no_grad():
             for k, p in self.params.items():
-                p.copy_(state["params"][k])
-        self.opt_state = state["optimizer"]
+                p[job].copy_(state["params"][k])
+        self.opt_state = load_job_slice(self.opt_state, job, state["optimizer"], torch.clone)

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from runner.loops import Problem, StepRecord, pack_numpy
+from runner.loops import Problem, StepRecord, job_slice, load_job_slice, pack_numpy
+from runner.optim_rules import for_jobs
 
 
 class NumpyLoop:
@@ -16,31 +17,45 @@ class NumpyLoop:
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
-        self.params = {k: np.array(v, dtype=problem.dtype) for k, v in problem.init.items()}
-        self.opt_state = problem.optimizer.init_state(self.params, np)
+        k, dtype = problem.jobs, problem.dtype
+        # (K, *shape): every job starts from the same values
+        self.params = {
+            n: np.repeat(np.asarray(v, dtype=dtype)[None], k, axis=0)
+            for n, v in problem.init.items()
+        }
+        self.rule = for_jobs(
+            problem.optimizer, problem.lrs, {n: np.shape(v) for n, v in problem.init.items()}
+        )
+        self.opt_state = self.rule.init_state(self.params, np)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         p = self.problem
-        model, loss_fn, rule, batches = p.model, p.loss, p.optimizer, p.batches
-        full_batch, lr = batches.full_batch, rule.lr
+        model, loss_fn, rule, batches = p.model, p.loss, self.rule, p.batches
+        full_batch, lrs = batches.full_batch, p.lrs
         x, y = model.inputs(p.x), p.y
         for step in range(first, last + 1):
             if not full_batch:
                 idx = batches.indices(step)
                 x, y = model.inputs(p.x[idx]), p.y[idx]
-            pred = model.forward(self.params, x, np)
-            loss, dpred = loss_fn.value_and_grad(pred, y)
+            pred = model.forward(self.params, x, np)  # (K, N)
+            loss, dpred = loss_fn.value_and_grad(pred, y)  # (K,), (K, N)
             # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
             # scalars never widen an array), which tests/test_gradients.py checks.
             grads = model.backward(self.params, x, dpred)
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
-            yield StepRecord(step, loss, lr, self.params, grads)
+            yield StepRecord(step, loss, lrs, self.params, grads)
 
-    def state(self) -> dict:
-        """Parameters and optimizer state after the last step (arrays are never mutated)."""
-        return {"params": dict(self.params), "optimizer": self.opt_state}
+    def state(self, job: int) -> dict:
+        """One job's parameters and optimizer state after the last step (arrays are never
+        mutated, so views are safe)."""
+        return {
+            "params": {n: v[job] for n, v in self.params.items()},
+            "optimizer": job_slice(self.opt_state, job, lambda a: a[job]),
+        }
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, job: int, state: dict) -> None:
         dtype = self.problem.dtype
-        self.params = {k: np.asarray(state["params"][k], dtype=dtype) for k in self.params}
-        self.opt_state = state["optimizer"]
+        self.params = {n: v.copy() for n, v in self.params.items()}
+        for n, v in self.params.items():
+            v[job] = np.asarray(state["params"][n], dtype=dtype)
+        self.opt_state = load_job_slice(self.opt_state, job, state["optimizer"], np.copy)

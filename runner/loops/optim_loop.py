@@ -3,13 +3,20 @@
 Each step is the loop a user writes: zero_grad, forward, loss, backward, step. LBFGS, which
 evaluates the loss several times per step, steps through `optimizer.step(closure)` instead, and
 its step's loss and gradients are those of the closure's first evaluation.
+
+K jobs keep K modules and K optimizers, each job's own, at its own rate. Their parameters are
+views of the rows of one (K, *shape) tensor per parameter, so one forward of the module over
+those rows (torch.func.vmap of functional_call) and one backward serve every job; then each
+optimizer steps its job's rows in place. A job whose step raises fails alone, as its run would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from runner.loops import Problem, StepRecord
 from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
@@ -21,63 +28,123 @@ class OptimLoop:
     to_host = staticmethod(pack_torch)
 
     def __init__(self, problem: Problem) -> None:
+        self.problem = problem
         # The module's output is (N, 1), so the targets are kept as (N, 1) too.
         self.data = TorchData(problem, column_targets=True)
-        self.module = problem.model.module(
-            {k: self.data.tensor(v) for k, v in problem.init.items()}
-        )
-        self.named = dict(self.module.named_parameters())
-        assert list(self.named) == list(problem.init), "module parameters out of order"
-        self.optimizer = problem.optimizer.torch_optimizer(self.module.parameters())
+        init = {k: self.data.tensor(v) for k, v in problem.init.items()}
+        jobs = problem.jobs
+        self.modules = [problem.model.module(init) for _ in range(jobs)]
+        if jobs == 1:
+            named = dict(self.modules[0].named_parameters())
+            self.stacked = {k: p.detach()[None] for k, p in named.items()}  # views, (1, *shape)
+        else:
+            self.stacked = {
+                k: torch.stack([p.detach() for p in ps]).requires_grad_()
+                for k, ps in zip(
+                    init, zip(*(m.parameters() for m in self.modules), strict=True), strict=True
+                )
+            }
+            for j, module in enumerate(self.modules):
+                for k, rows in self.stacked.items():
+                    _set_parameter(module, k, nn.Parameter(rows.detach()[j]))
+        self.named = [dict(m.named_parameters()) for m in self.modules]
+        assert list(self.named[0]) == list(problem.init), "module parameters out of order"
+        self.optimizers = [
+            dataclasses.replace(problem.optimizer, lr=float(lr)).torch_optimizer(m.parameters())
+            for m, lr in zip(self.modules, problem.lrs, strict=True)
+        ]
         self.loss_fn = problem.loss.torch_loss()
+        self.per_sample_loss = problem.loss.torch_loss()
+        self.per_sample_loss.reduction = "none"
         # LBFGS evaluates the loss several times per step, so it needs step(closure). Every
         # other optimizer would call the closure once, first thing: those run the plain loop.
-        self.needs_closure = isinstance(self.optimizer, torch.optim.LBFGS)
+        self.needs_closure = isinstance(self.optimizers[0], torch.optim.LBFGS)
+        assert jobs == 1 or not self.needs_closure, "LBFGS evaluates each job's loss apart"
+        self.failed: dict[int, tuple[int, BaseException]] = {}  # job -> (step, what it raised)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
-        module, loss_fn, optimizer, data = self.module, self.loss_fn, self.optimizer, self.data
-        full_batch, group = data.batches.full_batch, optimizer.param_groups[0]
+        step_jobs = self._step_one if self.problem.jobs == 1 else self._step_many
+        data, lrs = self.data, self.problem.lrs
+        full_batch = data.batches.full_batch
         x, y = data.x, data.y
         for step in range(first, last + 1):
             if not full_batch:
                 x, y = data.batch(step)
-            if self.needs_closure:
-                loss, grads = self._step_with_closure(x, y)
-            else:
-                # set_to_none: each backward makes new gradient tensors and the optimizer only
-                # reads them, so the record can keep them as they are, without a copy.
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(module(x), y)
-                loss.backward()
-                grads = {k: p.grad for k, p in self.named.items()}
-                step_or_overflow(optimizer, self.named.values())
-                loss = loss.detach()
-            params = {k: p.detach().clone() for k, p in self.named.items()}
-            yield StepRecord(step, loss, group["lr"], params, grads)
+            loss, grads = step_jobs(step, x, y)
+            params = {k: p.detach().clone() for k, p in self.stacked.items()}
+            yield StepRecord(step, loss, lrs, params, grads)
+
+    def _step_one(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One job: the plain user loop on its module."""
+        module, optimizer, named = self.modules[0], self.optimizers[0], self.named[0]
+        if self.needs_closure:
+            loss, grads = self._step_with_closure(x, y)
+        else:
+            # set_to_none: each backward makes new gradient tensors and the optimizer only
+            # reads them, so the record can keep them as they are, without a copy.
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(module(x), y)
+            loss.backward()
+            grads = {k: p.grad for k, p in named.items()}
+            self._step(0, step, optimizer, named)
+            loss = loss.detach()
+        return loss[None], {k: g[None] for k, g in grads.items()}
+
+    def _step_many(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """K jobs: one forward of the module over every job's parameters, one backward, then
+        every job's optimizer steps its rows."""
+        from torch.func import functional_call, vmap
+
+        module = self.modules[0]
+        for rows in self.stacked.values():
+            rows.grad = None
+        preds = vmap(lambda params: functional_call(module, params, (x,)))(self.stacked)
+        per_sample = self.per_sample_loss(preds, y.expand_as(preds))  # (K, N, 1)
+        loss = per_sample.mean(dim=(1, 2))  # (K,): the sum's gradient is each job's own
+        loss.sum().backward()
+        for j, (optimizer, named) in enumerate(zip(self.optimizers, self.named, strict=True)):
+            if j in self.failed:
+                continue
+            for k, p in named.items():
+                p.grad = self.stacked[k].grad[j]
+            self._step(j, step, optimizer, named)
+        return loss.detach(), {k: rows.grad for k, rows in self.stacked.items()}
+
+    def _step(self, job: int, step: int, optimizer: torch.optim.Optimizer, named: dict) -> None:
+        try:
+            step_or_overflow(optimizer, named.values())  # an overflow: this job diverges
+        except Exception as err:
+            self.failed[job] = (step, err)
 
     def _step_with_closure(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """One optimizer.step(closure); the loss and gradients of the closure's first call."""
         first_eval: list = []
+        module, optimizer, named = self.modules[0], self.optimizers[0], self.named[0]
 
         def closure() -> torch.Tensor:
-            self.optimizer.zero_grad()
-            loss = self.loss_fn(self.module(x), y)
+            optimizer.zero_grad()
+            loss = self.loss_fn(module(x), y)
             loss.backward()
             if not first_eval:
-                grads = {k: p.grad.detach().clone() for k, p in self.named.items()}
+                grads = {k: p.grad.detach().clone() for k, p in named.items()}
                 first_eval.append((loss.detach(), grads))
             return loss
 
-        self.optimizer.step(closure)
+        optimizer.step(closure)
         return first_eval[0]
 
-    def state(self) -> dict:
-        """Parameters and torch.optim state after the last step."""
-        params = {k: p.detach().clone() for k, p in self.named.items()}
-        return {"params": params, "optimizer": self.optimizer.state_dict()}
+    def state(self, job: int) -> dict:
+        """One job's parameters and torch.optim state after the last step."""
+        params = {k: p.detach().clone() for k, p in self.named[job].items()}
+        return {"params": params, "optimizer": self.optimizers[job].state_dict()}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, job: int, state: dict) -> None:
         with torch.no_grad():
-            for k, p in self.named.items():
+            for k, p in self.named[job].items():
                 p.copy_(state["params"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizers[job].load_state_dict(state["optimizer"])
+
+
+def _set_parameter(module: nn.Module, name: str, value: nn.Parameter) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner) if owner else module, leaf, value)

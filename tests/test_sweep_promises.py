@@ -1,0 +1,152 @@
+"""A sweep keeps every promise of a single run under the basic and the vectorized launcher alike:
+rows on disk within log.flush_secs, SIGINT/SIGTERM handling and exit codes, a progress bar, and a
+killed sweep that resumes to the bytes of its own uninterrupted sweep. Both launchers drive their
+jobs through the same driver (runner.run.run_jobs), so these hold for one as for the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import run_cli
+
+LAUNCHERS = {"basic": [], "vectorized": ["hydra/launcher=vectorized"]}
+RATES = "optimizer.lr=0.001,0.002"
+
+
+def _start(tmp_path: Path, launcher: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", RATES, *LAUNCHERS[launcher], *args,
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _rows(csv: Path) -> int:
+    try:
+        return max(0, len(csv.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_sweep_with_every_logged_step_on_disk(tmp_path, launcher, signum, code):
+    # flush_secs=0.2: rows reach the disk while the job runs, so the test sees training under way;
+    # the signal then ends the jobs at once, each summary says why, nothing logged is lost.
+    proc = _start(tmp_path, launcher, "loop=numpy", "train.steps=100000000",
+                  "log.flush_secs=0.2", "log.tensorboard=false")  # fmt: skip
+    first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
+    try:
+        _wait_for(lambda: _rows(first) > 100)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    # basic: job 1 never started; vectorized: both jobs train together and stop together
+    expected = 1 if launcher == "basic" else 2
+    assert len(jobs) == expected
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        metrics = pd.read_csv(job / "metrics.csv")
+        assert summary["status"] == "interrupted"
+        assert summary["steps_completed"] == len(metrics) > 100
+        assert metrics["step"].tolist() == list(range(1, len(metrics) + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_rows_reach_the_disk_within_flush_secs_while_the_sweep_runs(tmp_path, launcher):
+    proc = _start(tmp_path, launcher, "loop=numpy", "train.steps=100000000",
+                  "log.flush_secs=0.5", "log.tensorboard=false", "train.checkpoint_every=0")  # fmt: skip
+    first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
+    try:
+        _wait_for(lambda: _rows(first) > 0)
+        seen = _rows(first)
+        time.sleep(1.5)  # three flush periods: more rows must have arrived meanwhile
+        assert proc.poll() is None and _rows(first) > seen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("loop", ["numpy", "optim"])
+def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path, launcher, loop):
+    # float32 and Adam: a job resumed apart from its batch would part from the batched numbers
+    args = [f"loop={loop}", "optimizer=adam", "model=linear", "data=synthetic",
+            "data.n_features=2", "train.batch_size=5", "train.steps=3000",
+            "train.checkpoint_every=100", "log.flush_secs=0.01", "log.tensorboard=false"]  # fmt: skip
+    straight = run_cli("-m", RATES, *LAUNCHERS[launcher], *args,
+                       f"hydra.sweep.dir={tmp_path / 'straight'}", cwd=tmp_path)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+
+    proc = _start(tmp_path, launcher, *args)
+    ckpt = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "checkpoint"
+    try:
+        _wait_for(lambda: ckpt.is_dir() and any(ckpt.iterdir()))
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    resumed = run_cli("-m", RATES, *LAUNCHERS[launcher], *args, "train.resume=true",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    if launcher == "vectorized":
+        assert "vectorized launcher" not in resumed.stdout  # resumed as one batch
+    for job in ("0_optimizer.lr=0.001", "1_optimizer.lr=0.002"):
+        got = (tmp_path / "sweep" / job / "metrics.csv").read_bytes()
+        assert got == (tmp_path / "straight" / job / "metrics.csv").read_bytes(), job
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_a_sweep_shows_a_progress_bar_on_a_terminal(tmp_path, launcher):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # a new pty is 0x0; a real terminal has a size, and tqdm draws nothing in zero columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", RATES, *LAUNCHERS[launcher], "loop=numpy",
+         "train.steps=20000", "log.tensorboard=false", f"hydra.sweep.dir={tmp_path / 's'}"],
+        cwd=tmp_path, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=120) == 0, output
+    text = output.decode(errors="replace")
+    assert "step/s" in text and "/20000 [" in text and "loss=" in text  # the tqdm bar
+    assert text.count("completed: 20000 steps") == 2
