@@ -76,8 +76,8 @@ def test_a_signal_stops_the_sweep_with_every_logged_step_on_disk(tmp_path, launc
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_rows_reach_the_disk_within_flush_secs_while_the_sweep_runs(tmp_path, launcher):
-    proc = _start(tmp_path, launcher, "loop=numpy", "train.steps=100000000",
-                  "log.flush_secs=0.5", "log.tensorboard=false", "train.checkpoint_every=0")  # fmt: skip
+    proc = _start(tmp_path, launcher, "loop=numpy", "train.steps=100000000", "log.flush_secs=0.5",
+                  "log.tensorboard=false", "train.checkpoint_every=0")  # fmt: skip
     first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
     try:
         _wait_for(lambda: _rows(first) > 0)
@@ -97,7 +97,8 @@ def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path
     # float32 and Adam: a job resumed apart from its batch would part from the batched numbers
     args = [f"loop={loop}", "optimizer=adam", "model=linear", "data=synthetic",
             "data.n_features=2", "train.batch_size=5", "train.steps=3000",
-            "train.checkpoint_every=100", "log.flush_secs=0.01", "log.tensorboard=false"]  # fmt: skip
+            "train.checkpoint_every=100", "log.flush_secs=0.01",
+            "log.tensorboard=false"]  # fmt: skip
     straight = run_cli("-m", RATES, *LAUNCHERS[launcher], *args,
                        f"hydra.sweep.dir={tmp_path / 'straight'}", cwd=tmp_path)  # fmt: skip
     assert straight.returncode == 0, straight.stderr
