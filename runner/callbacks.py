@@ -25,10 +25,15 @@ class SweepReport(Callback):
             # pay for pandas and matplotlib
             from runner.report import write_report
 
-            write_report(Path(sweep_dir), sweep_ended=True)
+            write_report(Path(sweep_dir), sweep_ended=True, warn=_warn)
         except Exception as err:
             message = " ".join(str(err).split()) or type(err).__name__
             print(f"runner: no sweep report in {sweep_dir}: {message}", file=sys.stderr, flush=True)
+
+
+def _warn(line: str) -> None:
+    # what the report could not read or write, said by the command the user ran
+    print(f"runner: warning: {line}", file=sys.stderr, flush=True)
 
 
 class FailedJobs(Callback):
