@@ -161,6 +161,17 @@ def job_statuses(sweep_dir: Path, *, sweep_ended: bool = False) -> list[str]:
     ]
 
 
+def running_jobs(sweep_dir: Path) -> list[Path]:
+    """The job directories in `sweep_dir` whose summary.json says `running` right now."""
+    if not sweep_dir.is_dir():
+        return []
+    return [
+        p
+        for p in sweep_dir.iterdir()
+        if p.is_dir() and _read_json(p / "summary.json").get("status") == "running"
+    ]
+
+
 def collect_jobs(sweep_dir: Path, *, sweep_ended: bool = False) -> list[Job]:
     """Every job directory in `sweep_dir` (one holding summary.json, metrics.csv or .hydra/),
     by job number. Jobs that never started have no directory and are simply absent."""
