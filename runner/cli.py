@@ -147,6 +147,9 @@ def cli() -> int:
         _task()
     except KeyboardInterrupt as err:
         print("runner: interrupted; every logged step is on disk", file=sys.stderr)
+        from runner.callbacks import report_interrupted_sweep
+
+        report_interrupted_sweep()  # Hydra reports no sweep that a signal ended
         return err.exit_code if isinstance(err, Interrupted) else 130
     except SystemExit as err:  # Hydra's own exits
         if err.code is None or isinstance(err.code, int):

@@ -163,7 +163,7 @@ BAD = [
     ),
     (
         ["data=csv", "data.path=empty.csv", "data.target=y"],
-        "data.path=empty.csv: expected a readable CSV file with a header",
+        "data.path=empty.csv: expected a CSV file with a header row (found an empty file)",
     ),
     (["device=cuda"], "device=cuda: expected a device present on this machine"),
     (["optimizer=lbfgs", "loop=numpy"], "optimizer=lbfgs: expected with loop=optim only"),
