@@ -6,18 +6,21 @@ import atexit
 import contextlib
 import math
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
-from runner.errors import describe_error
-from runner.run import run
+from runner.errors import ConfigError, describe_error
+from runner.run import Finished, check_new_run_dir, holds_run, run
 from runner.signals import Interrupted
 
 schema.register()
@@ -25,12 +28,18 @@ schema.register()
 # Exit codes of the jobs this process ran that failed; main() exits with the first one.
 _FAILED_JOBS: list[int] = []
 _FULL_ERROR = False  # HYDRA_FULL_ERROR=1 as the user set it: tracebacks wanted
+# The key and directory (absolute) of the last job started: an interrupted run names them.
+_STARTED: list[tuple[str, Path]] = []
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _STARTED[:] = [("hydra.sweep.dir", Path(os.path.abspath(str(hydra_cfg.sweep.dir))))]
+    else:
+        _STARTED[:] = [("hydra.run.dir", out_dir)]
     try:
         summary = run(
             cfg,
@@ -45,7 +54,7 @@ def _task(cfg: DictConfig) -> float | None:
             raise
         report_failed_job(err)
         return None
-    print(final_line(summary, out_dir), flush=True)
+    print(final_line(summary, out_dir, cfg.log.max_elements), flush=True)
     return sweeper_value(summary)
 
 
@@ -68,17 +77,34 @@ def sweeper_value(summary: dict) -> float:
     return math.inf if loss is None or math.isnan(loss) else loss
 
 
-def final_line(summary: dict, out_dir: Path) -> str:
-    """The run's last word: status, loss, parameters, speed and where the outputs are."""
+def final_line(summary: dict, out_dir: Path, max_values: int = 16) -> str:
+    """The run's last word: status, loss, parameters, speed and where the outputs are. A run
+    that resume found finished (runner.run.Finished) says so instead of giving a speed."""
     status = summary["status"]
     if status == "diverged":
         status = f"diverged at step {summary['diverged_at_step']}"
-    params = " ".join(f"{k}={_short(v)}" for k, v in summary["params"].items())
+    params = _params(summary["params"], max_values)
     loss = summary["final_loss"]
-    return (
-        f"{status}: {summary['steps_completed']} steps, final loss "
-        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}, "
-        f"{summary['steps_per_s']:.0f} steps/s -> {out_dir}"
+    result = (
+        f"{summary['steps_completed']} steps, final loss "
+        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}"
+    )
+    if isinstance(summary, Finished):
+        return f"already {status}: {result} -> {out_dir} (nothing to resume)"
+    return f"{status}: {result}, {summary['steps_per_s']:.0f} steps/s -> {out_dir}"
+
+
+def _params(params: dict, max_values: int) -> str:
+    sizes = {k: np.size(v) for k, v in params.items()}
+    if sum(sizes.values()) <= max_values:
+        return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    # Thousands of values would bury the line: a parameter of several shows its norm, named as
+    # in metrics.csv. None is how summary.json writes NaN.
+    return " ".join(
+        f"{k}={_short(v)}"
+        if sizes[k] == 1
+        else f"param_norm/{k}={_short(float(np.linalg.norm(np.array(v, dtype=float))))}"
+        for k, v in params.items()
     )
 
 
@@ -86,6 +112,74 @@ def _short(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_short(v) for v in value) + "]"
     return "nan" if value is None else f"{value:.6g}"
+
+
+def check_run_dir(args: list[str]) -> None:
+    """Refuses a run or sweep directory named on the command line that already holds a run,
+    unless train.resume=true continues it: starting over there would delete the run. Checked
+    before Hydra writes `.hydra/` and its log there; the default directories are new for every
+    process. An empty hydra.run.dir is refused too: the run would write into the current
+    directory."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if a[:1] != "-"])
+    except Exception:
+        return  # Hydra reports it
+    given = [o for o in parsed if o.key_or_group == key and not o.is_sweep_override()]
+    if not given:
+        return
+    value = given[-1].value()
+    if value is None or not str(value).strip():
+        raise ConfigError(
+            key,
+            value,
+            "a directory (an empty one would put the run's files into the current directory)",
+        )
+    if "${" not in str(value) and not _holds_runs(Path(str(value)), multirun):
+        return
+    # Interpolated, or a run is there: what Hydra would make of the command line decides.
+    cfg = _compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    directory = str(OmegaConf.select(cfg, key))
+    if cfg.train.resume is True:
+        return
+    if not multirun:
+        check_new_run_dir(Path(directory))
+    elif _holds_runs(Path(directory), multirun):
+        raise ConfigError(
+            key,
+            directory,
+            "a directory that holds no runs yet (add train.resume=true to continue its jobs, "
+            "or choose another directory)",
+        )
+
+
+def _holds_runs(directory: Path, multirun: bool) -> bool:
+    if holds_run(directory):
+        return True
+    return multirun and directory.is_dir() and any(holds_run(p) for p in directory.iterdir())
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def interrupted_line(args: list[str]) -> str:
+    """What an interrupted command says: where its steps are and the command that resumes it
+    (the same arguments, with that directory and train.resume=true)."""
+    if not _STARTED:
+        return "runner: interrupted; every logged step is on disk"
+    key, directory = _STARTED[-1]
+    kept = [a for a in args if a.lstrip("+~").split("=", 1)[0] not in (key, "train.resume")]
+    command = shlex.join(["runner", *kept, f"{key}={directory}", "train.resume=true"])
+    return (
+        f"runner: interrupted; every logged step is on disk in {directory}; resume with: {command}"
+    )
 
 
 def swept_keys(args: list[str]) -> list[str] | None:
@@ -135,6 +229,7 @@ def cli() -> int:
     HYDRA_FULL_ERROR=1, which lets them raise with their traceback."""
     global _FULL_ERROR
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    typed = sys.argv[1:]  # before runner adds its own (a sweeper for the vectorized launcher)
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _pair_sweeper_with_launcher(sys.argv)
@@ -144,9 +239,10 @@ def cli() -> int:
     _register_plugins()
     try:
         schema.check_group_choices([a for a in sys.argv[1:] if not a.startswith("-")])
+        check_run_dir(sys.argv[1:])
         _task()
     except KeyboardInterrupt as err:
-        print("runner: interrupted; every logged step is on disk", file=sys.stderr)
+        print(interrupted_line(typed), file=sys.stderr)
         from runner.callbacks import report_interrupted_sweep
 
         report_interrupted_sweep()  # Hydra reports no sweep that a signal ended

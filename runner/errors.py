@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ConfigError(ValueError):
     """A config value or input that cannot be used; `str()` is the one line the user sees."""
@@ -20,6 +22,14 @@ def show(value: object) -> str:
     if isinstance(value, str):
         return repr(value) if (not value or any(c in value for c in " ,=[]'\"")) else value
     return str(value)
+
+
+def on_path(err: OSError, path: str | os.PathLike) -> OSError:
+    """`err` as an error of `path`: os.write and friends do not say which file failed, and a
+    temporary file's name means nothing to the user."""
+    if err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror, os.fspath(path))
 
 
 def describe_error(err: BaseException) -> tuple[str, int]:
@@ -61,6 +71,9 @@ def describe_error(err: BaseException) -> tuple[str, int]:
         return f"{override}: {_first_line(cause.msg or cause)}", 2
     if isinstance(err, ConfigCompositionException):
         return _first_line(err), 2
+    failed_file = next((e for e in _explicit_causes(err) if _names_a_file(e)), None)
+    if isinstance(failed_file, OSError):  # a full disk, a read-only directory
+        return f"{failed_file.filename}: {failed_file.strerror or _first_line(failed_file)}", 1
     return f"{type(err).__name__}: {_first_line(err)}", 1
 
 
@@ -71,6 +84,21 @@ def _causes(err: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+def _explicit_causes(err: BaseException) -> list[BaseException]:
+    # `raise ... from`: e.g. logging's "Unable to configure handler" over the OSError that says
+    # which file it could not open (a __context__ may be unrelated).
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def _names_a_file(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.filename is not None
 
 
 def _first_line(value: object) -> str:

@@ -473,7 +473,7 @@ class _BatchedSweep:
             summary = initial_summary(problem, loop_cls.name, device, job["overrides"], trackers[j])
             write_summary(job["dir"] / "summary.json", summary)
             summaries.append(summary)
-        fingerprints = [settings_fingerprint(job["task_cfg"]) for job in jobs]
+        fingerprints = [settings_fingerprint(j["task_cfg"], problem, j["choices"]) for j in jobs]
 
         def save_checkpoint(j: int) -> None:
             directory = jobs[j]["dir"] / "checkpoint"
@@ -552,7 +552,7 @@ class _BatchedSweep:
                 report_failed_job(batched.failed[j][1])
                 returns.append(self._end_job(job, None))
                 continue
-            print(final_line(summaries[j], job["dir"]), flush=True)
+            print(final_line(summaries[j], job["dir"], log_conf.max_elements), flush=True)
             returns.append(self._end_job(job, sweeper_value(summaries[j])))
         return returns
 
