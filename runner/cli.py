@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
+import logging
 import math
 import os
 import shlex
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
 from runner.errors import ConfigError, describe_error
+from runner.overrides import check_command_line, swept_keys
 from runner.run import Finished, check_new_run_dir, holds_run, run
 from runner.signals import Interrupted
 
@@ -52,17 +55,61 @@ def _task(cfg: DictConfig) -> float | None:
         # the other jobs go on.
         if _FULL_ERROR:
             raise
-        report_failed_job(err)
+        report_failed_job(err, out_dir, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
         return None
-    print(final_line(summary, out_dir, cfg.log.max_elements), flush=True)
+    try:
+        print(final_line(summary, out_dir, cfg.log.max_elements), flush=True)
+    except BrokenPipeError:  # `runner ... | head`: the reader left; the outputs are on disk
+        _drop_stdout()
     return sweeper_value(summary)
 
 
-def report_failed_job(err: BaseException) -> None:
-    """One line on stderr for a job that raised; the command then exits non-zero."""
+def report_failed_job(err: BaseException, out_dir: Path, *, multirun: bool) -> None:
+    """One line on stderr for a job that raised; the command then exits non-zero. A sweep's job
+    leaves its exit code in failed.json for the sweep (its launcher may have run it in another
+    process); a single run stopped by bad input before training leaves no directory behind."""
     message, code = describe_error(err)
     print(f"runner: error: {message}", file=sys.stderr, flush=True)
     note_failed_job(code)
+    if multirun:
+        with contextlib.suppress(OSError):
+            text = json.dumps({"exit_code": code, "error": message})
+            (out_dir / FAILED_JOB_FILE).write_text(text + "\n")
+    elif code == 2 and not (out_dir / "summary.json").exists():
+        remove_new_run_dir(out_dir)
+
+
+# What a failed sweep job leaves in its directory: {"exit_code": 2, "error": "..."}.
+FAILED_JOB_FILE = "failed.json"
+
+
+def remove_new_run_dir(out_dir: Path) -> None:
+    """Removes what Hydra wrote into `out_dir` (.hydra/ and the job's log) and the directory,
+    with its parents, if this run created them (runner.callbacks.NewRunDirectory saw them
+    absent). Anything else in there is left alone, and the directory with it."""
+    from runner.callbacks import NewRunDirectory
+
+    created = NewRunDirectory.created
+    out_dir = out_dir.resolve()
+    if created is None or not (out_dir == created or created in out_dir.parents):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        name = getattr(handler, "baseFilename", None)
+        if name is not None and Path(name).parent == out_dir:
+            root.removeHandler(handler)
+            handler.close()
+            Path(name).unlink(missing_ok=True)
+    hydra_dir = out_dir / ".hydra"
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (hydra_dir / name).unlink(missing_ok=True)
+    for directory in (hydra_dir, out_dir, *out_dir.parents):
+        try:
+            directory.rmdir()  # only ever an empty directory
+        except OSError:
+            return
+        if directory == created:
+            return
 
 
 def note_failed_job(code: int) -> None:
@@ -114,20 +161,13 @@ def _short(value) -> str:
     return "nan" if value is None else f"{value:.6g}"
 
 
-def check_run_dir(args: list[str]) -> None:
+def check_run_dir(parsed: list, multirun: bool) -> None:
     """Refuses a run or sweep directory named on the command line that already holds a run,
     unless train.resume=true continues it: starting over there would delete the run. Checked
     before Hydra writes `.hydra/` and its log there; the default directories are new for every
     process. An empty hydra.run.dir is refused too: the run would write into the current
     directory."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    multirun = any(a in ("-m", "--multirun") for a in args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    try:
-        parsed = OverridesParser.create().parse_overrides([a for a in args if a[:1] != "-"])
-    except Exception:
-        return  # Hydra reports it
     given = [o for o in parsed if o.key_or_group == key and not o.is_sweep_override()]
     if not given:
         return
@@ -182,21 +222,6 @@ def interrupted_line(args: list[str]) -> str:
     )
 
 
-def swept_keys(args: list[str]) -> list[str] | None:
-    """The keys a multirun command line sweeps (`optimizer.lr=0.1,0.01`, `loop=glob(*)`, ...);
-    None when it is not a multirun or cannot be parsed (Hydra then reports the problem)."""
-    if not any(a in ("-m", "--multirun") for a in args):
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return None
-    return [o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override()]
-
-
 def _pair_sweeper_with_launcher(argv: list[str]) -> None:
     """`hydra/launcher=vectorized` comes with `hydra/sweeper=runner` (the basic sweeper without
     its duplicate per-job check), unless the command line picks a sweeper or a search preset."""
@@ -233,14 +258,17 @@ def cli() -> int:
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _pair_sweeper_with_launcher(sys.argv)
-    swept = swept_keys(sys.argv[1:])
-    if swept is not None:
-        os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
     _register_plugins()
     try:
-        schema.check_group_choices([a for a in sys.argv[1:] if not a.startswith("-")])
-        check_run_dir(sys.argv[1:])
+        # Parsed once here for every check and the swept keys; Hydra parses on its own.
+        overrides, multirun = check_command_line(sys.argv[1:])
+        if multirun:
+            os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept_keys(overrides))
+        check_run_dir(overrides, multirun)
         _task()
+    except BrokenPipeError:  # `runner --help | head -1`: the reader left before the end
+        _drop_stdout()
+        return 141  # as a shell reports a process that SIGPIPE ended
     except KeyboardInterrupt as err:
         print(interrupted_line(typed), file=sys.stderr)
         from runner.callbacks import report_interrupted_sweep
@@ -259,6 +287,12 @@ def cli() -> int:
         print(f"runner: error: {message}", file=sys.stderr)
         return code
     return _FAILED_JOBS[0] if _FAILED_JOBS else 0
+
+
+def _drop_stdout() -> None:
+    """Points stdout at /dev/null, so that the flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _exit_now(code: int) -> NoReturn:

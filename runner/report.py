@@ -186,9 +186,13 @@ def swept_keys(sweep_dir: Path, jobs: Sequence[Job]) -> list[str]:
     multirun = _read_yaml(sweep_dir / "multirun.yaml").get("hydra", {})
     task = multirun.get("overrides", {}).get("task")
     if isinstance(task, list):
-        from runner.cli import swept_keys as parse_swept
+        from runner.overrides import parse
+        from runner.overrides import swept_keys as parsed_swept_keys
 
-        keys = parse_swept(["-m", *map(str, task)])
+        try:
+            keys = parsed_swept_keys(parse(list(map(str, task))))
+        except Exception:  # not Hydra's own overrides after all: guess from the jobs below
+            keys = None
         if keys is not None:
             params = (multirun.get("sweeper") or {}).get("params") or {}
             return list(dict.fromkeys([*keys, *map(str, params)]))

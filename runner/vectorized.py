@@ -549,7 +549,7 @@ class _BatchedSweep:
         returns = []
         for j, job in enumerate(jobs):
             if j in batched.failed:  # as runner.cli reports a job that raised
-                report_failed_job(batched.failed[j][1])
+                report_failed_job(batched.failed[j][1], job["dir"], multirun=True)
                 returns.append(self._end_job(job, None))
                 continue
             print(final_line(summaries[j], job["dir"], log_conf.max_elements), flush=True)

@@ -72,13 +72,16 @@ def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
             assert f"-> {sweep / job}\n" in logs
 
 
-def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_non_zero(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_as_it_would_alone(tmp_path, launcher):
     # lr -1 is refused by the job itself (run() validates the optimizer): under joblib that
-    # happens in a worker process, which the runner process learns of from summary.json.
-    sweep = tmp_path / "joblib"
+    # happens in a worker process, which the runner process learns of from the job's
+    # failed.json. Bad input is exit 2 under every launcher, as for a single run.
+    sweep = tmp_path / launcher
     result = run_cli("-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
-                     "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 1, result.stderr
+                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
     assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["completed", "failed"]
 
 
