@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, letting our own ConfigError through unwrapped."""
+    """hydra.utils.instantiate, letting our own ConfigError through unwrapped. Only the class
+    that the node's schema names is built, whatever the node's `_target_` came to say."""
+    schema = OmegaConf.get_type(node)
+    known = dataclasses.is_dataclass(schema)
+    target = (
+        {f.name: f.default for f in dataclasses.fields(schema)}.get("_target_") if known else None
+    )
+    if not isinstance(target, str) or node.get("_target_") != target:
+        raise ConfigError(
+            f"{node._key()}._target_", node.get("_target_"), f"{target}, what its schema builds"
+        )
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as err:

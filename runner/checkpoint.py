@@ -5,7 +5,8 @@ torch) or `state.pt` for the torch loops (read back with `weights_only=True`). E
 loop's state tree (parameters and optimizer state, the manual loops' own included), the step,
 the tracker's running values and the settings that must not change on resume. There is no RNG
 stream to restore: the data and initial weights come from train.seed before training, and the
-batch of every step is a pure function of (seed, step) (runner.data.BatchSchedule).
+batch of every step is a pure function of (seed, step) (runner.data.BatchSchedule). A file that
+cannot be read, or that another format wrote, is refused with one line that names it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, on_path
 
-FORMAT = 1
+# 2: the settings hold a digest of the data, the tracker the number of rows logged.
+FORMAT = 2
 FILES = {"numpy": "state.npz", "torch": "state.pt"}
+# The temporary file each save starts with; a kill can leave one behind (runner.run removes it).
+TEMP_PREFIX, TEMP_SUFFIX = ".state.", ".tmp"
 
 
 @dataclass(frozen=True)
@@ -30,14 +34,23 @@ class Checkpoint:
     step: int
     state: dict[str, Any]  # the loop's state tree
     meta: dict[str, Any]  # JSON-able: step, fingerprint, tracker values, format
+    path: Path  # the file it was read from
 
 
 def save(directory: Path, backend: str, state: dict[str, Any], meta: dict[str, Any]) -> None:
     """Writes the checkpoint of `backend` ("numpy" or "torch") into `directory`, atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / FILES[backend]
-    meta = {**meta, "format": FORMAT}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.", suffix=".tmp")
+    try:
+        _save(directory, target, backend, state, {**meta, "format": FORMAT})
+    except OSError as err:  # a full disk: say which file
+        raise on_path(err, target) from err
+
+
+def _save(
+    directory: Path, target: Path, backend: str, state: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             if backend == "numpy":
@@ -68,16 +81,51 @@ def load(directory: Path, backend: str, device: str = "cpu") -> Checkpoint | Non
                 f"this loop is {backend}; start a new run directory instead)",
             )
         return None
+    try:
+        meta, state = _read(target, backend, device)
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno is not None:  # unreadable, not damaged
+            raise on_path(err, target) from err
+        what = "empty" if target.stat().st_size == 0 else "truncated or no checkpoint"
+        raise ConfigError(
+            "train.resume",
+            True,
+            f"a readable checkpoint; {target} is {what} (start a new run directory instead)",
+        ) from err
+    _check_meta(meta, target)
+    return Checkpoint(int(meta["step"]), state, meta, target)
+
+
+def _read(target: Path, backend: str, device: str) -> tuple[Any, dict[str, Any]]:
     if backend == "numpy":
         with np.load(target, allow_pickle=False) as z:
             meta = json.loads(str(z["__meta__"]))
             state = _unflatten({k: z[k] for k in z.files if k != "__meta__"})
-    else:
-        import torch
+        return meta, state
+    import torch
 
-        saved = torch.load(target, map_location=device, weights_only=True)
-        meta, state = json.loads(saved["meta"]), saved["state"]
-    return Checkpoint(int(meta["step"]), state, meta)
+    saved = torch.load(target, map_location=device, weights_only=True)
+    return json.loads(saved["meta"]), saved["state"]
+
+
+def _check_meta(meta: Any, target: Path) -> None:
+    """Refuses a checkpoint of another format, or one that lacks what a resume reads."""
+    if not isinstance(meta, dict):
+        problem = "holds no settings"
+    elif meta.get("format") != FORMAT:
+        problem = f"is of format {meta.get('format')}, from another version of runner"
+    else:
+        missing = [k for k in ("step", "tracker", "fingerprint") if k not in meta]
+        problem = f"lacks {', '.join(missing)}" if missing else ""
+        if not missing and not isinstance(meta["step"], int):
+            problem = f"has step {meta['step']!r}"
+    if problem:
+        raise ConfigError(
+            "train.resume",
+            True,
+            f"a checkpoint of format {FORMAT} with its step, tracker and settings; {target} "
+            f"{problem} (start a new run directory instead)",
+        )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
+import logging
 import math
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
-from runner.errors import describe_error
-from runner.run import run
+from runner.errors import ConfigError, describe_error
+from runner.overrides import check_command_line, swept_keys
+from runner.run import Finished, check_new_run_dir, holds_run, run
 from runner.signals import Interrupted
 
 schema.register()
@@ -25,12 +31,18 @@ schema.register()
 # Exit codes of the jobs this process ran that failed; main() exits with the first one.
 _FAILED_JOBS: list[int] = []
 _FULL_ERROR = False  # HYDRA_FULL_ERROR=1 as the user set it: tracebacks wanted
+# The key and directory (absolute) of the last job started: an interrupted run names them.
+_STARTED: list[tuple[str, Path]] = []
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _task(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _STARTED[:] = [("hydra.sweep.dir", Path(os.path.abspath(str(hydra_cfg.sweep.dir))))]
+    else:
+        _STARTED[:] = [("hydra.run.dir", out_dir)]
     try:
         summary = run(
             cfg,
@@ -43,17 +55,61 @@ def _task(cfg: DictConfig) -> float | None:
         # the other jobs go on.
         if _FULL_ERROR:
             raise
-        report_failed_job(err)
+        report_failed_job(err, out_dir, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
         return None
-    print(final_line(summary, out_dir), flush=True)
+    try:
+        print(final_line(summary, out_dir, cfg.log.max_elements), flush=True)
+    except BrokenPipeError:  # `runner ... | head`: the reader left; the outputs are on disk
+        _drop_stdout()
     return sweeper_value(summary)
 
 
-def report_failed_job(err: BaseException) -> None:
-    """One line on stderr for a job that raised; the command then exits non-zero."""
+def report_failed_job(err: BaseException, out_dir: Path, *, multirun: bool) -> None:
+    """One line on stderr for a job that raised; the command then exits non-zero. A sweep's job
+    leaves its exit code in failed.json for the sweep (its launcher may have run it in another
+    process); a single run stopped by bad input before training leaves no directory behind."""
     message, code = describe_error(err)
     print(f"runner: error: {message}", file=sys.stderr, flush=True)
     note_failed_job(code)
+    if multirun:
+        with contextlib.suppress(OSError):
+            text = json.dumps({"exit_code": code, "error": message})
+            (out_dir / FAILED_JOB_FILE).write_text(text + "\n")
+    elif code == 2 and not (out_dir / "summary.json").exists():
+        remove_new_run_dir(out_dir)
+
+
+# What a failed sweep job leaves in its directory: {"exit_code": 2, "error": "..."}.
+FAILED_JOB_FILE = "failed.json"
+
+
+def remove_new_run_dir(out_dir: Path) -> None:
+    """Removes what Hydra wrote into `out_dir` (.hydra/ and the job's log) and the directory,
+    with its parents, if this run created them (runner.callbacks.NewRunDirectory saw them
+    absent). Anything else in there is left alone, and the directory with it."""
+    from runner.callbacks import NewRunDirectory
+
+    created = NewRunDirectory.created
+    out_dir = out_dir.resolve()
+    if created is None or not (out_dir == created or created in out_dir.parents):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        name = getattr(handler, "baseFilename", None)
+        if name is not None and Path(name).parent == out_dir:
+            root.removeHandler(handler)
+            handler.close()
+            Path(name).unlink(missing_ok=True)
+    hydra_dir = out_dir / ".hydra"
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (hydra_dir / name).unlink(missing_ok=True)
+    for directory in (hydra_dir, out_dir, *out_dir.parents):
+        try:
+            directory.rmdir()  # only ever an empty directory
+        except OSError:
+            return
+        if directory == created:
+            return
 
 
 def note_failed_job(code: int) -> None:
@@ -68,17 +124,34 @@ def sweeper_value(summary: dict) -> float:
     return math.inf if loss is None or math.isnan(loss) else loss
 
 
-def final_line(summary: dict, out_dir: Path) -> str:
-    """The run's last word: status, loss, parameters, speed and where the outputs are."""
+def final_line(summary: dict, out_dir: Path, max_values: int = 16) -> str:
+    """The run's last word: status, loss, parameters, speed and where the outputs are. A run
+    that resume found finished (runner.run.Finished) says so instead of giving a speed."""
     status = summary["status"]
     if status == "diverged":
         status = f"diverged at step {summary['diverged_at_step']}"
-    params = " ".join(f"{k}={_short(v)}" for k, v in summary["params"].items())
+    params = _params(summary["params"], max_values)
     loss = summary["final_loss"]
-    return (
-        f"{status}: {summary['steps_completed']} steps, final loss "
-        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}, "
-        f"{summary['steps_per_s']:.0f} steps/s -> {out_dir}"
+    result = (
+        f"{summary['steps_completed']} steps, final loss "
+        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}"
+    )
+    if isinstance(summary, Finished):
+        return f"already {status}: {result} -> {out_dir} (nothing to resume)"
+    return f"{status}: {result}, {summary['steps_per_s']:.0f} steps/s -> {out_dir}"
+
+
+def _params(params: dict, max_values: int) -> str:
+    sizes = {k: np.size(v) for k, v in params.items()}
+    if sum(sizes.values()) <= max_values:
+        return " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    # Thousands of values would bury the line: a parameter of several shows its norm, named as
+    # in metrics.csv. None is how summary.json writes NaN.
+    return " ".join(
+        f"{k}={_short(v)}"
+        if sizes[k] == 1
+        else f"param_norm/{k}={_short(float(np.linalg.norm(np.array(v, dtype=float))))}"
+        for k, v in params.items()
     )
 
 
@@ -88,19 +161,65 @@ def _short(value) -> str:
     return "nan" if value is None else f"{value:.6g}"
 
 
-def swept_keys(args: list[str]) -> list[str] | None:
-    """The keys a multirun command line sweeps (`optimizer.lr=0.1,0.01`, `loop=glob(*)`, ...);
-    None when it is not a multirun or cannot be parsed (Hydra then reports the problem)."""
-    if not any(a in ("-m", "--multirun") for a in args):
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def check_run_dir(parsed: list, multirun: bool) -> None:
+    """Refuses a run or sweep directory named on the command line that already holds a run,
+    unless train.resume=true continues it: starting over there would delete the run. Checked
+    before Hydra writes `.hydra/` and its log there; the default directories are new for every
+    process. An empty hydra.run.dir is refused too: the run would write into the current
+    directory."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o for o in parsed if o.key_or_group == key and not o.is_sweep_override()]
+    if not given:
+        return
+    value = given[-1].value()
+    if value is None or not str(value).strip():
+        raise ConfigError(
+            key,
+            value,
+            "a directory (an empty one would put the run's files into the current directory)",
+        )
+    if "${" not in str(value) and not _holds_runs(Path(str(value)), multirun):
+        return
+    # Interpolated, or a run is there: what Hydra would make of the command line decides.
+    cfg = _compose([o.input_line for o in parsed if not o.is_sweep_override()])
+    directory = str(OmegaConf.select(cfg, key))
+    if cfg.train.resume is True:
+        return
+    if not multirun:
+        check_new_run_dir(Path(directory))
+    elif _holds_runs(Path(directory), multirun):
+        raise ConfigError(
+            key,
+            directory,
+            "a directory that holds no runs yet (add train.resume=true to continue its jobs, "
+            "or choose another directory)",
+        )
 
-    overrides = [a for a in args if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return None
-    return [o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override()]
+
+def _holds_runs(directory: Path, multirun: bool) -> bool:
+    if holds_run(directory):
+        return True
+    return multirun and directory.is_dir() and any(holds_run(p) for p in directory.iterdir())
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def interrupted_line(args: list[str]) -> str:
+    """What an interrupted command says: where its steps are and the command that resumes it
+    (the same arguments, with that directory and train.resume=true)."""
+    if not _STARTED:
+        return "runner: interrupted; every logged step is on disk"
+    key, directory = _STARTED[-1]
+    kept = [a for a in args if a.lstrip("+~").split("=", 1)[0] not in (key, "train.resume")]
+    command = shlex.join(["runner", *kept, f"{key}={directory}", "train.resume=true"])
+    return (
+        f"runner: interrupted; every logged step is on disk in {directory}; resume with: {command}"
+    )
 
 
 def _pair_sweeper_with_launcher(argv: list[str]) -> None:
@@ -135,18 +254,26 @@ def cli() -> int:
     HYDRA_FULL_ERROR=1, which lets them raise with their traceback."""
     global _FULL_ERROR
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    typed = sys.argv[1:]  # before runner adds its own (a sweeper for the vectorized launcher)
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _pair_sweeper_with_launcher(sys.argv)
-    swept = swept_keys(sys.argv[1:])
-    if swept is not None:
-        os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept)
     _register_plugins()
     try:
-        schema.check_group_choices([a for a in sys.argv[1:] if not a.startswith("-")])
+        # Parsed once here for every check and the swept keys; Hydra parses on its own.
+        overrides, multirun = check_command_line(sys.argv[1:])
+        if multirun:
+            os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept_keys(overrides))
+        check_run_dir(overrides, multirun)
         _task()
+    except BrokenPipeError:  # `runner --help | head -1`: the reader left before the end
+        _drop_stdout()
+        return 141  # as a shell reports a process that SIGPIPE ended
     except KeyboardInterrupt as err:
-        print("runner: interrupted; every logged step is on disk", file=sys.stderr)
+        print(interrupted_line(typed), file=sys.stderr)
+        from runner.callbacks import report_interrupted_sweep
+
+        report_interrupted_sweep()  # Hydra reports no sweep that a signal ended
         return err.exit_code if isinstance(err, Interrupted) else 130
     except SystemExit as err:  # Hydra's own exits
         if err.code is None or isinstance(err.code, int):
@@ -160,6 +287,12 @@ def cli() -> int:
         print(f"runner: error: {message}", file=sys.stderr)
         return code
     return _FAILED_JOBS[0] if _FAILED_JOBS else 0
+
+
+def _drop_stdout() -> None:
+    """Points stdout at /dev/null, so that the flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _exit_now(code: int) -> NoReturn:

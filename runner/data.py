@@ -73,10 +73,14 @@ def load_csv(path: str, target: str, features: list[str] | None = None) -> Datas
     import pandas as pd
 
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError("data.path", path, "a CSV file (found a directory)")
     if not file.is_file():
         raise ConfigError("data.path", path, f"an existing CSV file (not found: {file.resolve()})")
+    _check_rows(file, path)
     try:
-        frame = pd.read_csv(file)
+        # index_col=False: pandas never takes the first column for the row labels
+        frame = pd.read_csv(file, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
@@ -92,6 +96,17 @@ def load_csv(path: str, target: str, features: list[str] | None = None) -> Datas
             )
     if not features:
         raise ConfigError("data.features", features, f"at least one column of {columns}")
+    if target in features:
+        raise ConfigError(
+            "data.features", features, f"columns other than the target (data.target={target})"
+        )
+    repeated = [name for name in dict.fromkeys(features) if features.count(name) > 1]
+    if repeated:
+        raise ConfigError(
+            "data.features",
+            features,
+            f"each column once; {repeated[0]!r} is listed {features.count(repeated[0])} times",
+        )
     if len(frame) == 0:
         raise ConfigError("data.path", path, "a CSV file with at least one data row")
     for name in [*features, target]:
@@ -108,6 +123,38 @@ def load_csv(path: str, target: str, features: list[str] | None = None) -> Datas
     x = frame[features].to_numpy(dtype=np.float64)
     y = frame[target].to_numpy(dtype=np.float64)
     return _checked(Dataset(x, y), "data.path", path, columns=[*features, target])
+
+
+def _check_rows(file: Path, path: str) -> None:
+    """Refuses a file without a header row, or with a row of more or fewer fields than the
+    header, naming its line: pandas would take one extra leading field for the row labels and
+    shift every column, and fill missing fields with NaN."""
+    import csv
+
+    header = None
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            line = 1  # where the next record starts; a quoted field may span lines
+            for fields in reader:
+                # pandas skips blank and whitespace-only lines; so does this count
+                if fields and not (len(fields) == 1 and not fields[0].strip()):
+                    if header is None:
+                        header = len(fields)
+                    elif len(fields) != header:
+                        raise ConfigError(
+                            "data.path",
+                            path,
+                            f"every row with the header's {header} fields; line {line} has "
+                            f"{len(fields)}",
+                        )
+                line = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError("data.path", path, f"a readable CSV file ({reason})") from None
+    if header is None:
+        found = "an empty file" if file.stat().st_size == 0 else "only blank lines"
+        raise ConfigError("data.path", path, f"a CSV file with a header row (found {found})")
 
 
 def _numeric_array(value: Any, key: str, allowed: str) -> np.ndarray:

@@ -11,21 +11,25 @@ is each job's summary.json, metrics.csv and .hydra/, and writes next to the jobs
   gradients get, and the first step where the gap exceeds the dtype's tolerance.
 
 Hydra calls it when a sweep ends (runner.callbacks.SweepReport); `runner-report DIR` rebuilds it
-from the shell, for instance for a sweep that was killed half-way.
+from the shell, for instance for a sweep that was killed half-way. What it cannot read or write
+(a hand-edited summary.json, a read-only archive) is a one-line warning, and the report is made
+of the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
 import re
 import sys
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -44,6 +48,9 @@ FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 pixels
 DPI = 100
 # loss.png names each job in a legend up to this many jobs, and shows a colour bar beyond.
 MAX_LEGEND = 20
+# A legend label longer than this many characters is wrapped, and the legend moves beside the
+# plot: runs that differ in many settings would cover the curves, or run off the figure.
+LABEL_WIDTH = 32
 # final_loss.png gets a log x axis once the swept values span two decades (0.001 ... 0.1).
 LOG_X_RATIO = 100.0
 # Columns of summary.csv after the job number and the swept keys (final parameters follow).
@@ -84,6 +91,8 @@ class Job:
     metrics: pd.DataFrame | None
     config: dict[str, Any]  # .hydra/config.yaml
     loop: str | None
+    # what could not be read as the runner writes it: (file, what), one warning each
+    problems: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def dtype(self) -> str:
@@ -106,12 +115,15 @@ class Job:
 def load_job(path: Path, *, sweep_ended: bool = False) -> Job:
     """Reads one run directory. A run whose summary.json is missing or still says `running`
     never finished: it is `crashed`, except that a missing summary.json after a sweep ended in
-    this process means the job stopped before training (a bad value: `failed`)."""
-    summary = _read_json(path / "summary.json")
+    this process means the job stopped before training (a bad value: `failed`). A value that
+    is not what the runner writes (a summary.json loss that is no number, a metrics.csv row
+    that is no numbers) is left out and noted in `problems`."""
+    problems: list[tuple[Path, str]] = []
+    summary = _checked_summary(path / "summary.json", problems)
     hydra = _read_yaml(path / ".hydra" / "hydra.yaml").get("hydra", {})
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml", default=None)
     if not isinstance(overrides, list):
-        overrides = list(summary.get("overrides", []))
+        overrides = summary.get("overrides", [])
     status = job_status(summary, sweep_ended=sweep_ended)
     num = hydra.get("job", {}).get("num")
     if not isinstance(num, int):  # a single run's hydra.yaml has none
@@ -123,9 +135,10 @@ def load_job(path: Path, *, sweep_ended: bool = False) -> Job:
         overrides=[str(o) for o in overrides],
         status=status,
         summary=summary,
-        metrics=_read_metrics(path / "metrics.csv"),
+        metrics=_read_metrics(path / "metrics.csv", problems),
         config=_read_yaml(path / ".hydra" / "config.yaml"),
         loop=hydra.get("runtime", {}).get("choices", {}).get("loop") or summary.get("loop"),
+        problems=problems,
     )
 
 
@@ -148,6 +161,17 @@ def job_statuses(sweep_dir: Path, *, sweep_ended: bool = False) -> list[str]:
     ]
 
 
+def running_jobs(sweep_dir: Path) -> list[Path]:
+    """The job directories in `sweep_dir` whose summary.json says `running` right now."""
+    if not sweep_dir.is_dir():
+        return []
+    return [
+        p
+        for p in sweep_dir.iterdir()
+        if p.is_dir() and _read_json(p / "summary.json").get("status") == "running"
+    ]
+
+
 def collect_jobs(sweep_dir: Path, *, sweep_ended: bool = False) -> list[Job]:
     """Every job directory in `sweep_dir` (one holding summary.json, metrics.csv or .hydra/),
     by job number. Jobs that never started have no directory and are simply absent."""
@@ -162,9 +186,13 @@ def swept_keys(sweep_dir: Path, jobs: Sequence[Job]) -> list[str]:
     multirun = _read_yaml(sweep_dir / "multirun.yaml").get("hydra", {})
     task = multirun.get("overrides", {}).get("task")
     if isinstance(task, list):
-        from runner.cli import swept_keys as parse_swept
+        from runner.overrides import parse
+        from runner.overrides import swept_keys as parsed_swept_keys
 
-        keys = parse_swept(["-m", *map(str, task)])
+        try:
+            keys = parsed_swept_keys(parse(list(map(str, task))))
+        except Exception:  # not Hydra's own overrides after all: guess from the jobs below
+            keys = None
         if keys is not None:
             params = (multirun.get("sweeper") or {}).get("params") or {}
             return list(dict.fromkeys([*keys, *map(str, params)]))
@@ -363,7 +391,7 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
             color=color,
             lw=1.5,
             marker="o" if len(step) == 1 else None,
-            label=f"{label} ({', '.join(notes)})" if notes else label,
+            label=textwrap.fill(f"{label} ({', '.join(notes)})" if notes else label, LABEL_WIDTH),
         )
         if zeros.size:
             _edge_marker(ax, step[zeros[0]], "bottom", color)
@@ -393,10 +421,27 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if len(jobs) <= MAX_LEGEND:
-        ax.legend(title=legend_title or None, fontsize="small", ncol=2 if len(jobs) > 10 else 1)
+        _legend(fig, ax, legend_title, ncol=2 if len(jobs) > 10 else 1)
     else:  # one legend entry per job would bury the plot: a colour bar keyed to the jobs
         _job_colorbar(fig, ax, labels, legend_title)
     return fig
+
+
+def _legend(fig: Figure, ax: Axes, title: str, ncol: int) -> None:
+    """The jobs' legend: inside the plot, or beside it, one column, when labels were wrapped;
+    the figure then grows taller if the legend needs it, so every label stays on the figure."""
+    labels = ax.get_legend_handles_labels()[1]
+    if not any("\n" in label for label in labels):
+        ax.legend(title=title or None, fontsize="small", ncol=ncol)
+        return
+    legend = ax.legend(
+        title=title or None, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0)
+    )
+    # constrained layout shrinks the plot to make room on the right; height it cannot make
+    legend_px = legend.get_window_extent().height
+    needed = (legend_px + 2 * 0.5 * DPI) / DPI  # and about half an inch of margins
+    if needed > fig.get_figheight():
+        fig.set_figheight(needed)
 
 
 def _job_colorbar(fig: Figure, ax: Axes, labels: Sequence[str], title: str) -> None:
@@ -495,7 +540,11 @@ def _status_note(job: Job) -> str:
 
 # --- the report ------------------------------------------------------------------------------
 def write_report(
-    path: Path, *, sweep_ended: bool = False, out: IO[str] | None = None
+    path: Path,
+    *,
+    sweep_ended: bool = False,
+    out: IO[str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Writes the report of the sweep (or single run) in `path`, prints a table of its jobs,
     best first, and the files written; returns those files.
@@ -504,8 +553,14 @@ def write_report(
     (jobs differing only in `loop`). For a single run: its loss.png. `sweep_ended` says the
     sweep has just ended in this process, so that a job without summary.json failed rather
     than crashed. Raises NotARunDirectory when `path` holds neither.
+
+    What cannot be read or written is a warning, one line `<path>: <what>` passed to `warn`
+    (default: `runner-report: warning: ...` on stderr), and the report is made of the rest: a
+    value the runner would not have written is left out, and in a directory that cannot be
+    written (archived results) the table is still printed.
     """
     out = out if out is not None else sys.stdout
+    warn = warn if warn is not None else _warn
     path = Path(path).absolute()
     is_sweep = not _is_run_dir(path)
     if not is_sweep:
@@ -515,34 +570,92 @@ def write_report(
     elif not path.is_dir():
         raise NotARunDirectory("not a directory")
     else:
-        jobs = collect_jobs(path, sweep_ended=sweep_ended)
+        try:
+            jobs = collect_jobs(path, sweep_ended=sweep_ended)
+        except OSError as err:
+            raise NotARunDirectory(f"cannot list it: {_reason(err)}") from None
         if not jobs and not (path / "multirun.yaml").exists():
             raise NotARunDirectory("no summary.json, metrics.csv, multirun.yaml or job in it")
         swept = swept_keys(path, jobs)
+    for job in jobs:
+        for file, what in job.problems:
+            warn(f"{file}: {what}")
 
     table = summary_table(jobs, swept, path)
-    written: list[Path] = []
+    parity = parity_table(jobs) if is_sweep else None
+    outputs = _Outputs(path)
     if is_sweep:
-        written.append(_save(path / "summary.csv", lambda f: table.to_csv(f, index=False)))
+        outputs.save("summary.csv", lambda f: _save(f, lambda t: table.to_csv(t, index=False)))
     if any(job.metrics is not None and len(job.metrics) for job in jobs):
         labels = _labels(jobs, swept) if is_sweep else [path.name]
-        figure = loss_figure(
-            jobs, labels, f"loss per step: {path.name}", swept[0] if len(swept) == 1 else ""
+        legend_title = swept[0] if len(swept) == 1 else ""
+        outputs.save(
+            "loss.png",
+            lambda f: _save_figure(
+                f, loss_figure(jobs, labels, f"loss per step: {path.name}", legend_title)
+            ),
         )
-        written.append(_save_figure(path / "loss.png", figure))
     if is_sweep and len(swept) == 1 and len(table) and _is_numeric(table[swept[0]]):
-        figure = final_loss_figure(table, swept[0], f"final loss against {swept[0]}: {path.name}")
-        written.append(_save_figure(path / "final_loss.png", figure))
-    parity = parity_table(jobs) if is_sweep else None
+        title = f"final loss against {swept[0]}: {path.name}"
+        outputs.save(
+            "final_loss.png",
+            lambda f: _save_figure(f, final_loss_figure(table, swept[0], title)),
+        )
     if parity is not None:
-        written.append(_save(path / "parity.csv", lambda f: parity.to_csv(f, index=False)))
+        outputs.save("parity.csv", lambda f: _save(f, lambda t: parity.to_csv(t, index=False)))
 
     print(_jobs_text(table, jobs, swept), file=out)
     if parity is not None:
         print(_parity_text(parity), file=out)
-    for file in written:
+    for file in outputs.written:
         print(f"wrote {file}", file=out)
-    return written
+    for line in outputs.problems():
+        warn(line)
+    return outputs.written
+
+
+class _Outputs:
+    """The report's files in one directory: each written whole or not at all. A file that
+    cannot be written is one problem; a directory that cannot be written is one problem for
+    all of them, and the rest are not even drawn."""
+
+    # what open() says in a directory the user may not (or nobody can) write to
+    _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.written: list[Path] = []
+        self.failed: list[tuple[Path, OSError]] = []
+        self.read_only: OSError | None = None
+        self.skipped: list[str] = []
+
+    def save(self, name: str, write: Callable[[Path], Path]) -> None:
+        if self.read_only is not None:
+            self.skipped.append(name)
+            return
+        file = self.directory / name
+        try:
+            self.written.append(write(file))
+        except OSError as err:
+            if err.errno in self._READ_ONLY:
+                self.read_only = err
+                self.skipped.append(name)
+            else:
+                self.failed.append((file, err))
+
+    def problems(self) -> list[str]:
+        lines = [f"{file}: not written ({_reason(err)})" for file, err in self.failed]
+        if self.read_only is not None:
+            names = ", ".join(self.skipped)
+            lines.append(
+                f"{self.directory}: cannot write here ({_reason(self.read_only)}); "
+                f"{names} not written"
+            )
+        return lines
+
+
+def _warn(line: str) -> None:
+    print(f"runner-report: warning: {line}", file=sys.stderr, flush=True)
 
 
 def _is_numeric(column: pd.Series) -> bool:
@@ -553,17 +666,26 @@ def _is_numeric(column: pd.Series) -> bool:
 
 
 def _labels(jobs: Sequence[Job], swept: Sequence[str]) -> list[str]:
-    """Each job's swept values as typed on the command line: `0.001`, or `lr=0.1, loop=numpy`."""
+    """Each job's swept values as typed on the command line: `0.001`, or `lr=0.1, loop=numpy`.
+
+    Runs that were not one sweep (a folder of single runs) are named by the keys they set among
+    those that differ, so a run left at the defaults does not list every other run's keys;
+    runs that still look alike get their directory's name.
+    """
     labels = []
     for job in jobs:
         values = [(key, job.value(key) or "-") for key in swept]
         if len(values) == 1:
             labels.append(values[0][1])
         elif values:
-            labels.append(", ".join(f"{k}={v}" for k, v in values))
+            labels.append(", ".join(f"{k}={v}" for k, v in values if v != "-") or "defaults")
         else:
             labels.append(f"job {job.num}" if job.num is not None else job.path.name)
-    return labels
+    alike = {label for label in labels if labels.count(label) > 1}
+    return [
+        f"{label} ({job.path.name})" if label in alike and job.num is None else label
+        for job, label in zip(jobs, labels, strict=True)
+    ]
 
 
 def _jobs_text(table: pd.DataFrame, jobs: Sequence[Job], swept: Sequence[str]) -> str:
@@ -636,6 +758,55 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# summary.json's values that are numbers (JSON null for NaN), and those that are step counts
+_SUMMARY_NUMBERS = ("final_loss", "best_loss", "wall_s", "steps_per_s")
+_SUMMARY_STEPS = ("steps_completed", "diverged_at_step")
+
+
+def _checked_summary(path: Path, problems: list[tuple[Path, str]]) -> dict[str, Any]:
+    """summary.json without the values the runner would not have written, each one noted."""
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        problems.append((path, f"unreadable ({_reason(err)}); the job counts as crashed"))
+        return {}
+    if not isinstance(summary, dict):
+        problems.append((path, "not a JSON object; the job counts as crashed"))
+        return {}
+    for key in (*_SUMMARY_NUMBERS, *_SUMMARY_STEPS):
+        value = summary.get(key)
+        if value is None:
+            continue
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not is_number or (key in _SUMMARY_STEPS and value != int(value)):
+            what = "a number" if key in _SUMMARY_NUMBERS else "a step count"
+            problems.append((path, f"{key} is {json.dumps(value)}, not {what}; left empty"))
+            del summary[key]
+    params = summary.get("params")
+    if params is not None and not _numeric_tree(params):
+        problems.append((path, "params is not a table of numbers; left empty"))
+        del summary["params"]
+    if not isinstance(summary.get("overrides", []), list):
+        problems.append((path, "overrides is not a list; left empty"))
+        del summary["overrides"]
+    return summary
+
+
+def _numeric_tree(params: Any) -> bool:
+    # {name: number or nested lists of numbers}, JSON null standing for NaN
+    if not isinstance(params, dict):
+        return False
+    try:
+        for value in params.values():
+            if isinstance(value, str) or np.asarray(value, dtype=float).dtype != float:
+                return False
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 # libyaml's parser when PyYAML has it (the same safe loading, about ten times faster): a sweep's
 # report reads three .hydra files per job.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -645,19 +816,61 @@ def _read_yaml(path: Path, default: Any = dict) -> Any:
     fallback = default() if callable(default) else default
     try:
         value = yaml.load(path.read_text(), Loader=_SafeLoader)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return fallback
-    return value if value is not None else fallback
+    if value is None or (default is dict and not isinstance(value, dict)):
+        return fallback
+    return value
 
 
-def _read_metrics(path: Path) -> pd.DataFrame | None:
+def _read_metrics(path: Path, problems: list[tuple[Path, str]]) -> pd.DataFrame | None:
+    """metrics.csv, less any row that is not all numbers (noted in `problems`); None when
+    there is no file, or none with `step` and `loss` columns."""
     import pandas as pd
+    from pandas.api.types import is_numeric_dtype
 
     try:
         frame = pd.read_csv(path)
-    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+    except (FileNotFoundError, pd.errors.EmptyDataError):  # no rows yet: killed at its start
         return None
-    return frame if {"step", "loss"} <= set(frame.columns) else None
+    except (OSError, ValueError) as err:  # pandas' ParserError and UnicodeDecodeError among them
+        problems.append((path, f"unreadable ({_reason(err)}); no loss curve for this job"))
+        return None
+    if not {"step", "loss"} <= set(frame.columns):
+        problems.append((path, "no step and loss columns; no loss curve for this job"))
+        return None
+    bad = frame["step"].isna()
+    text = {c: ~frame[c].map(_is_number) for c in frame.columns if not is_numeric_dtype(frame[c])}
+    for cells in text.values():
+        bad |= cells
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        column = next((c for c, cells in text.items() if cells.iloc[first]), "step")
+        problems.append(
+            (
+                path,
+                f"line {first + 2} holds {frame[column].iloc[first]!r} in column {column}; "
+                f"{int(bad.sum())} row(s) of that kind left out",
+            )
+        )  # line 1 is the header
+        frame = frame[~bad].apply(pd.to_numeric).reset_index(drop=True)
+        frame["step"] = frame["step"].astype("int64")
+    return frame
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _reason(err: BaseException) -> str:
+    """An OS or parser error in a few words, without the path the warning names anyway."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _number(value: Any) -> float:

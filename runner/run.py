@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -31,7 +32,8 @@ from runner.loops import Problem
 from runner.metrics import Layout
 from runner.schema import LogConf, TrainConf, validate
 from runner.signals import Interrupted, StopSignals
-from runner.sinks.csv_sink import CsvSink
+from runner.sinks import summary as summary_file
+from runner.sinks.csv_sink import CsvSink, logged_rows_end
 from runner.sinks.summary import write_summary
 
 # Records stay in the loop's arrays (on its device) and move to the host this many at a time, or
@@ -91,7 +93,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     one job always qualifies). Each job has its own tracker, sinks, checkpoint and summary; a job
     that diverges or whose step raises stops there while the others go on. With train.resume,
     a job already finished in its directory is left as it is, and the others continue from their
-    checkpoints (which must be at one step) or from step 1. SIGINT or SIGTERM stops every job
+    checkpoints (which must be at one step) or from step 1; without it, a directory that
+    already holds a run is refused. SIGINT or SIGTERM stops every job
     after the current step; once everything logged is on disk, checkpointed, and every summary
     says `interrupted`, `Interrupted` (a KeyboardInterrupt) is raised. Any other error is
     re-raised after the summaries say `failed`.
@@ -109,15 +112,16 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     loop_cls = loop_class(cfg.loop)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
 
-    runs = [_JobRun(job, layout, train, log) for job in jobs]
+    runs = [_JobRun(job, problem, layout, train, log) for job in jobs]
     results: dict[int, JobResult] = {}
     saved: dict[int, checkpoint.Checkpoint] = {}
     for j, job_run in enumerate(runs):
         if not train.resume:
+            check_new_run_dir(job_run.out_dir)
             continue
         state = checkpoint.load(job_run.checkpoint_dir, loop_cls.backend, device)
         if state is not None:
-            _check_same_settings(state.meta["fingerprint"], job_run.fingerprint)
+            _check_same_settings(state.meta, job_run.fingerprint)
             saved[j] = state
         finished = _finished(job_run.summary_path, train.steps)
         if finished is not None:
@@ -135,11 +139,10 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
         runs = [runs[j] for j in active]
 
     loop = loop_cls(problem)
-    for j, job_run in enumerate(runs):
-        if resume_at is not None:
-            state = saved[active[j]]
-            loop.load_state(j, state.state)
-            job_run.tracker.load_state(state.meta["tracker"])
+    if resume_at is not None:
+        for j, job_run in enumerate(runs):
+            job_run.restore(saved[active[j]], loop, j)  # checked before anything changes
+    for job_run in runs:
         job_run.start(problem, loop_cls, device)
 
     every = train.checkpoint_every
@@ -150,13 +153,14 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     failed: dict = getattr(loop, "failed", {})  # job -> (step, error): a step that raised
     live = list(range(len(runs)))  # jobs still training
     pending: list = []
+    raising = False
     train_started = time.perf_counter()
     moved = flushed = time.monotonic()
     # Divergence is the runner's to detect and report, so NumPy's overflow warnings are noise.
     with StopSignals() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             for job_run in runs:
-                job_run.open_sinks(problem.dtype, resume_at)
+                job_run.open_sinks(problem.dtype)
             with _progress(train.steps, first - 1, log.progress) as bar:
                 for record in loop.steps(first, train.steps):
                     pending.append(record)
@@ -205,6 +209,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
         except BaseException as err:
             # A second Ctrl-C or a crash: the steps that finished are still logged.
             interrupted = isinstance(err, KeyboardInterrupt)
+            raising = True
             rows = None
             if pending:
                 with contextlib.suppress(Exception):
@@ -221,7 +226,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
             train_s = time.perf_counter() - train_started
             wall_s = time.perf_counter() - started
             for job_run in runs:
-                job_run.finish(train_s, wall_s, resume_at)
+                job_run.finish(train_s, wall_s, resume_at, quiet=raising)
     if stop.signum is not None and live:
         raise Interrupted(stop.signum)
     for j, job_run in enumerate(runs):
@@ -232,29 +237,45 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
 class _JobRun:
     """One job's side of run_jobs: its directory, tracker, sinks, checkpoint and summary."""
 
-    def __init__(self, job: Job, layout: Layout, train: TrainConf, log: LogConf) -> None:
+    def __init__(
+        self, job: Job, problem: Problem, layout: Layout, train: TrainConf, log: LogConf
+    ) -> None:
         self.job, self.log = job, log
         self.out_dir = Path(job.out_dir)
         self.summary_path = self.out_dir / "summary.json"
         self.checkpoint_dir = self.out_dir / "checkpoint"
-        self.fingerprint = settings_fingerprint(job.cfg)
+        self.fingerprint = settings_fingerprint(job.cfg, problem, job.choices)
         self.layout = layout
         self.tracker = Tracker(layout, train.steps, log.every_n_steps)
         self.sinks: list = []
         self.summary: dict[str, Any] = {}
         self.error: BaseException | None = None
+        self.resume_at: int | None = None
+        self.csv_keep: int | None = None  # bytes of metrics.csv a resume keeps
+
+    def restore(self, saved: checkpoint.Checkpoint, loop: Any, job: int) -> None:
+        """Continues this job (row `job` of `loop`) from its checkpoint, once metrics.csv is
+        known to hold every row up to it."""
+        _restore(saved, loop, job, self.tracker)
+        self.resume_at = saved.step
+        if self.log.csv:
+            self.csv_keep = logged_rows_end(
+                self.out_dir / "metrics.csv", self.layout.columns, saved.step,
+                self.tracker.rows_logged,
+            )  # fmt: skip
 
     def start(self, problem: Problem, loop: type, device: str) -> None:
         self.backend = loop.backend
+        _remove_leftovers(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.summary = initial_summary(problem, loop.name, device, self.job.overrides, self.tracker)
         write_summary(self.summary_path, self.summary)
 
-    def open_sinks(self, dtype: str, resume_at: int | None) -> None:
+    def open_sinks(self, dtype: str) -> None:
         job = self.job
         self.sinks = open_sinks(
             job.cfg, self.log, self.layout, self.out_dir, dtype, job.overrides, job.choices,
-            resume_at,
+            self.resume_at, self.csv_keep,
         )  # fmt: skip
 
     def consume(self, rows: np.ndarray) -> None:
@@ -272,14 +293,78 @@ class _JobRun:
         save_state(self.checkpoint_dir, self.backend, state, self.tracker, self.sinks,
                    self.fingerprint)  # fmt: skip
 
-    def finish(self, train_s: float, wall_s: float, resume_at: int | None) -> None:
+    def finish(self, train_s: float, wall_s: float, resume_at: int | None, quiet: bool) -> None:
+        """Sums up and closes the job's outputs. A failure to write them (a full disk) fails
+        the job (its `error`), unless `quiet`: the run is already raising one."""
         summary = self.summary
         summary.update(self.tracker.results(), wall_s=wall_s)
         done = summary["steps_completed"] - (resume_at or 0)
         summary["steps_per_s"] = done / train_s if train_s > 0 else 0.0
-        for sink in self.sinks:
+        error = _close(self.sinks, summary, self.summary_path)
+        if error is not None and self.error is None and not quiet:
+            self.error = error
+
+
+class Finished(dict):
+    """The summary of a run that resume found finished: returned as it was, nothing trained."""
+
+
+def check_new_run_dir(directory: Path) -> None:
+    """Refuses a directory that already holds a run: starting over there would delete it."""
+    if holds_run(directory):
+        raise ConfigError(
+            "hydra.run.dir",
+            str(directory),
+            "a directory that holds no run yet (add train.resume=true to continue the run "
+            "there, or choose another directory)",
+        )
+
+
+def holds_run(directory: Path) -> bool:
+    """Whether `directory` holds (part of) a run's outputs; .hydra/ alone is no run."""
+    return any(
+        (directory / name).exists() for name in ("summary.json", "metrics.csv", "checkpoint")
+    )
+
+
+def _restore(saved: checkpoint.Checkpoint, loop: Any, job: int, tracker: Tracker) -> None:
+    try:
+        loop.load_state(job, saved.state)
+        tracker.load_state(saved.meta["tracker"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(
+            "train.resume",
+            True,
+            f"a checkpoint this run can continue from; {saved.path} holds other contents "
+            "(start a new run directory instead)",
+        ) from err
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Deletes the temporary files of writes that a kill cut short (each the size of what it
+    was writing: a checkpoint, or the summary)."""
+    for directory, module in ((out_dir, summary_file), (out_dir / "checkpoint", checkpoint)):
+        for leftover in directory.glob(f"{module.TEMP_PREFIX}*{module.TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
+def _close(sinks: list, summary: dict[str, Any], summary_path: Path) -> BaseException | None:
+    """Closes every sink and then writes the summary, each tried even after one failed (a full
+    disk may still take the small summary); the summary then says `failed`, and the first
+    failure is returned."""
+    failures = []
+    for sink in sinks:
+        try:
             sink.close(summary)
-        write_summary(self.summary_path, summary)
+        except Exception as err:
+            failures.append(err)
+    if failures:
+        summary["status"] = "failed"
+    try:
+        write_summary(summary_path, summary)
+    except Exception as err:
+        failures.append(err)
+    return failures[0] if failures else None
 
 
 def initial_summary(
@@ -323,14 +408,14 @@ def save_state(
     checkpoint.save(directory, backend, state, meta | fingerprint)
 
 
-def _finished(summary_path: Path, steps: int) -> dict[str, Any] | None:
+def _finished(summary_path: Path, steps: int) -> Finished | None:
     """The summary of a run that resume has nothing left to do for, else None."""
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         return None
-    done = summary.get("status") == "completed" and summary.get("steps_completed") == steps
-    return summary if done or summary.get("status") == "diverged" else None
+    done = summary.get("status") == "completed" and summary.get("steps_completed", 0) >= steps
+    return Finished(summary) if done or summary.get("status") == "diverged" else None
 
 
 # What a resumed run must share with the run it continues; log.*, train.steps and the device
@@ -339,13 +424,28 @@ _FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "loop")
 _FINGERPRINT_TRAIN = ("seed", "batch_size", "dtype")
 
 
-def settings_fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """{"fingerprint": ...}: the settings a resumed run must share with its checkpoint, flat."""
+# The data's contents, under the same data.path or not (a CSV file may change between runs).
+_DATA_DIGEST = "data.sha256"
+
+
+def settings_fingerprint(
+    cfg: DictConfig, problem: Problem, choices: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """{"fingerprint": ..., "choices": ...}: the settings a resumed run must share with its
+    checkpoint, flat, with a digest of the problem's data; and the options picked in their
+    groups, which name a changed group as the user typed it."""
     settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _FINGERPRINT_KEYS}
     settings["train"] = {
         k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in _FINGERPRINT_TRAIN
     }
-    return {"fingerprint": _flat(settings)}
+    flat = _flat(settings)
+    digest = hashlib.sha256()
+    for values in (problem.x, problem.y):
+        digest.update(repr(values.shape).encode())
+        digest.update(values.tobytes())
+    flat[_DATA_DIGEST] = digest.hexdigest()
+    picked = {g: choices[g] for g in _FINGERPRINT_KEYS if choices and g in choices}
+    return {"fingerprint": flat, "choices": picked}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -356,16 +456,26 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): repr(tree)}
 
 
-def _check_same_settings(saved: Mapping[str, str], now: Mapping[str, Any]) -> None:
-    current = now["fingerprint"]
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            raise ConfigError(
-                "train.resume",
-                True,
-                f"the settings of the run being resumed; {key} was {saved.get(key, 'unset')}, "
-                f"now {current.get(key, 'unset')} (start a new run directory instead)",
-            )
+def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuses a resume whose settings differ from its checkpoint's (`saved`, its meta),
+    naming the first difference: a group by its options, other keys by their values."""
+    before, current = saved["fingerprint"], now["fingerprint"]
+    for key in sorted(set(before) | set(current)):
+        if before.get(key) == current.get(key):
+            continue
+        group = key.split(".")[0]
+        was, is_now = saved.get("choices", {}).get(group), now["choices"].get(group)
+        if was and is_now and was != is_now:
+            change = f"{group} was {was}, now {is_now}"
+        elif key == _DATA_DIGEST:
+            change = "the data changed since the run began (its values differ)"
+        else:
+            change = f"{key} was {before.get(key, 'unset')}, now {current.get(key, 'unset')}"
+        raise ConfigError(
+            "train.resume",
+            True,
+            f"the settings of the run being resumed; {change} (start a new run directory instead)",
+        )
 
 
 def build_problem(
@@ -415,6 +525,7 @@ class Tracker:
         self.layout, self.last_step, self.every = layout, last_step, every
         self.diverged_at: int | None = None
         self.steps_completed = 0
+        self.rows_logged = 0  # how many rows the sinks were given: a resume checks metrics.csv
         self.best_loss = math.inf
         self.last_row: np.ndarray | None = None
 
@@ -430,6 +541,7 @@ class Tracker:
         self.steps_completed = int(steps[-1])
         self.last_row = rows[-1]
         logged = (steps % self.every == 0) | (steps == self.last_step) | (steps == self.diverged_at)
+        self.rows_logged += int(np.count_nonzero(logged))
         if sinks and logged.any():
             rows, steps = rows[logged], steps[logged]
             table = self.layout.table(rows)
@@ -442,6 +554,7 @@ class Tracker:
             "steps_completed": self.steps_completed,
             "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
             "last_row": None if self.last_row is None else self.last_row.tolist(),
+            "rows_logged": self.rows_logged,
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -450,6 +563,7 @@ class Tracker:
         self.best_loss = math.inf if best is None else float(best)
         row = state["last_row"]
         self.last_row = None if row is None else np.array(row, dtype=np.float64)
+        self.rows_logged = int(state["rows_logged"])
 
     def results(self) -> dict[str, Any]:
         if self.last_row is None:
@@ -473,11 +587,13 @@ def open_sinks(
     overrides: Sequence[str],
     choices: Mapping[str, str] | None,
     resume_at: int | None,
+    csv_keep: int | None = None,
 ) -> list:
-    """The sinks log.* asks for, in out_dir; after a resume they continue from resume_at."""
+    """The sinks log.* asks for, in out_dir; after a resume they continue from resume_at, and
+    metrics.csv from its first `csv_keep` bytes (runner.sinks.csv_sink.logged_rows_end)."""
     sinks: list = []
     if log.csv:
-        sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, resume_at))
+        sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, csv_keep))
     if log.tensorboard:
         from runner.sinks.tensorboard_sink import TensorBoardSink, hparams_of
 

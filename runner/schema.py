@@ -10,6 +10,8 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from runner import optim_rules
-from runner.errors import ConfigError
+from runner.errors import ConfigError, UnknownKeyError, did_you_mean
 
 
 class DType(Enum):
@@ -209,13 +211,25 @@ def register() -> None:
 SWEPT_KEYS_ENV = "RUNNER_SWEPT_KEYS"
 
 
+# Bytes of a job directory's name past its number: file systems allow 255 in all.
+MAX_DIRNAME_BYTES = 200
+
+
 def job_dirname(num: int, overrides: list[str]) -> str:
-    """`<job number>_<swept key=value,...>`: readable run names in `tensorboard --logdir`."""
+    """`<job number>_<swept key=value,...>`: readable run names in `tensorboard --logdir`.
+
+    A name too long for a directory (a swept list of many values) keeps its start and gains a
+    digest of the whole, so that it stays the same for the same values and differs otherwise."""
     swept = os.environ.get(SWEPT_KEYS_ENV)
     keys = set(swept.split(",")) if swept is not None else None
     chosen = [o for o in overrides if keys is None or o.lstrip("+~").split("=")[0] in keys]
     # a value may hold a path; a job directory must stay one directory
     name = ",".join(chosen).replace("/", "%2F")
+    encoded = name.encode()
+    if len(encoded) > MAX_DIRNAME_BYTES:
+        digest = hashlib.sha256(encoded).hexdigest()[:12]
+        start = encoded[: MAX_DIRNAME_BYTES - len(digest) - 3].decode(errors="ignore")
+        name = f"{start}...{digest}"
     return f"{num}_{name}" if name else str(num)
 
 
@@ -236,16 +250,16 @@ def group_options(group: str) -> list[str]:
     )
 
 
-def check_group_choices(overrides: list[str]) -> None:
+def check_group_choices(overrides: list) -> None:
     """Refuses `group=value` overrides whose value is no option of the group (Hydra's own errors
-    for, say, `data=0` do not say which group or what is allowed). Sweeps are left to Hydra."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    for, say, `data=0` do not say which group or what is allowed), naming the nearest option.
+    `overrides` are the command line's, as text or parsed (runner.overrides.parse). Sweeps are
+    left to Hydra."""
+    from runner.overrides import parse
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return  # Hydra reports unparsable overrides itself
-    for override in parsed:
+    if any(isinstance(o, str) for o in overrides):
+        overrides = parse(overrides)
+    for override in overrides:
         group = override.key_or_group
         if group not in GROUPS or override.is_sweep_override() or override.is_delete():
             continue
@@ -254,11 +268,63 @@ def check_group_choices(overrides: list[str]) -> None:
         if not (isinstance(value, str) and value in options) and not (
             group == "experiment" and value is None
         ):
-            raise ConfigError(group, value, f"one of {', '.join(options)}")
+            near = did_you_mean(value, options) if isinstance(value, str) else ""
+            raise ConfigError(group, value, f"one of {', '.join(options)}{near}")
+
+
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Refuses keys that the schema of their node does not have: a `+key=value` on the command
+    line adds them past Hydra's own check, and nothing would ever read them."""
+    owner = OmegaConf.get_type(node)
+    names = {f.name for f in dataclasses.fields(owner)} if dataclasses.is_dataclass(owner) else None
+    for key in node:
+        path = f"{prefix}{key}"
+        if path == "hydra":  # Hydra's own settings, when a launcher passes the whole config
+            continue
+        if names is not None and key not in names:
+            raise UnknownKeyError(path, node._get_node(key)._value(), owner)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            check_known_keys(child, f"{path}.")
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Refuses inf and nan anywhere in the config: no rate, threshold, weight, initial value or
+    data point means anything non-finite, and a run given one would diverge at its first step."""
+    sections = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+    }
+    for path, value in _leaves(sections):
+        if isinstance(value, list):
+            if not all(math.isfinite(v) for v in _numbers(value)):
+                raise ConfigError(path, value, "finite numbers")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(path, value, "a finite number")
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    # (key path, value) for every value that is not a mapping; lists are values
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _numbers(values: list):
+    for value in values:
+        if isinstance(value, list):
+            yield from _numbers(value)
+        elif isinstance(value, float):
+            yield value
 
 
 def validate(cfg: DictConfig, loop_name: str) -> None:
-    """Raises ConfigError for the first out-of-range value or impossible combination."""
+    """Raises ConfigError for the first unknown key, non-finite number, out-of-range value or
+    impossible combination."""
+    check_known_keys(cfg)
+    check_finite(cfg)
     train, log = cfg.train, cfg.log
     _at_least(train.steps, 1, "train.steps")
     _at_least(train.seed, 0, "train.seed")

@@ -14,6 +14,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
+    def __reduce__(self):
+        # A job in a worker process (joblib's) hands it to the launcher pickled: by its number,
+        # which __init__ takes, not by the name in args.
+        return type(self), (self.signum,)
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

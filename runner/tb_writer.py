@@ -37,6 +37,8 @@ from tensorboard.compat.proto import (
     types_pb2,
 )
 
+from runner.errors import on_path
+
 __all__ = ["EventWriter"]
 
 # Histograms use TensorBoard's own default (tensorboard.plugins.histogram.summary_v2):
@@ -664,8 +666,11 @@ class EventWriter:
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as err:  # a full disk: say which file
+            raise on_path(err, self.path) from err
 
     def flush(self) -> None:
         """Encodes everything added so far and writes it with one os.write (no fsync)."""

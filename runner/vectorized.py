@@ -179,6 +179,7 @@ class _BatchedSweep:
         task_template = copy.deepcopy(self.configs[0])
         with read_write(task_template), open_dict(task_template):
             del task_template["hydra"]
+        max_elements = self.configs[0].log.max_elements
         started = [self._start_job(cfg, task_template) for cfg in self.configs]
         jobs = [Job(s["task_cfg"], s["dir"], s["overrides"], s["choices"]) for s in started]
         try:
@@ -189,10 +190,10 @@ class _BatchedSweep:
         returns = []
         for job, result in zip(started, results, strict=True):
             if result.error is not None:  # as runner.cli reports a job that raised
-                report_failed_job(result.error)
+                report_failed_job(result.error, job["dir"], multirun=True)
                 returns.append(self._end_job(job, None))
                 continue
-            print(final_line(result.summary, job["dir"]), flush=True)
+            print(final_line(result.summary, job["dir"], max_elements), flush=True)
             returns.append(self._end_job(job, sweeper_value(result.summary)))
         return returns
 

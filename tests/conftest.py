@@ -7,6 +7,15 @@ import pytest
 from tests.helpers import train
 
 
+def pytest_addoption(parser):
+    # tests/golden/README.md: re-record only for a change meant to change outputs
+    parser.addoption(
+        "--golden-record",
+        action="store_true",
+        help="rewrite tests/golden/ from today's code instead of comparing with it",
+    )
+
+
 @pytest.fixture
 def runs(tmp_path):
     """train() with a fresh directory under tmp_path per call."""

@@ -4,6 +4,8 @@ the basic launcher, and the Optuna preset finds a good learning rate (slow: real
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -70,13 +72,16 @@ def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
             assert f"-> {sweep / job}\n" in logs
 
 
-def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_non_zero(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_as_it_would_alone(tmp_path, launcher):
     # lr -1 is refused by the job itself (run() validates the optimizer): under joblib that
-    # happens in a worker process, which the runner process learns of from summary.json.
-    sweep = tmp_path / "joblib"
+    # happens in a worker process, which the runner process learns of from the job's
+    # failed.json. Bad input is exit 2 under every launcher, as for a single run.
+    sweep = tmp_path / launcher
     result = run_cli("-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
-                     "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 1, result.stderr
+                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
     assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["completed", "failed"]
 
 
@@ -200,3 +205,120 @@ def test_the_optuna_preset_finds_a_rate_near_the_best(tmp_path):
     output = (result.stdout + result.stderr).splitlines()
     assert [line for line in output if "[HYDRA]" in line or "setup plugin" in line] == []
     assert result.stderr.strip() == "", result.stderr  # QuietOptuna: not even the study line
+
+
+def start_sweep(cwd: Path, *args: str) -> subprocess.Popen:
+    """`python -m runner -m ARGS...` in a process group of its own, so the test can end it
+    (and only it) whatever happens."""
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "-m",
+            *args,
+            "log.tensorboard=false",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+        start_new_session=True,
+    )
+
+
+def wait_for_rows(*jobs: Path, timeout: float = 120) -> None:
+    """Until every job's metrics.csv holds a few rows (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(len(rows(job)) > 3 for job in jobs):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no rows in time from {[j.name for j in jobs]}")
+
+
+def rows(job: Path) -> list[str]:
+    try:
+        return (job / "metrics.csv").read_text().splitlines()[1:]
+    except FileNotFoundError:
+        return []
+
+
+def children(pid: int) -> set[int]:
+    """The direct children of `pid`, from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def assert_whole_rows_and_interrupted(job: Path) -> None:
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "interrupted", job.name
+    metrics = pd.read_csv(job / "metrics.csv")
+    header = (job / "metrics.csv").read_text().splitlines()[0]
+    assert all(line.count(",") == header.count(",") for line in rows(job))
+    assert not metrics.isna().any().any()
+    assert metrics["step"].tolist() == list(range(1, len(metrics) + 1))
+    assert summary["steps_completed"] == len(metrics)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_sigterm_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    proc = start_sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.02",
+        "train.steps=3000000", "loop=numpy",
+    )  # fmt: skip
+    jobs = [tmp_path / "sweep" / "0_optimizer.lr=0.01", tmp_path / "sweep" / "1_optimizer.lr=0.02"]
+    try:
+        wait_for_rows(*jobs)
+        workers = children(proc.pid)
+        assert len(workers) >= 2  # joblib's two workers (and loky's resource tracker)
+        proc.send_signal(signal.SIGTERM)  # to the main process only, as `kill -TERM` does
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 143, err
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    for job in jobs:
+        assert_whole_rows_and_interrupted(job)
+    assert "Traceback" not in err
+
+
+def test_an_interrupted_sweep_still_writes_its_report(tmp_path):
+    # job 0 finishes, job 1 is training when Ctrl-C comes, job 2 never starts
+    proc = start_sweep(tmp_path, "train.steps=30,3000000,3000001", "loop=numpy")
+    sweep = tmp_path / "sweep"
+    try:
+        wait_for_rows(sweep / "1_train.steps=3000000")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == 130, err
+    table = pd.read_csv(sweep / "summary.csv")
+    assert table["train.steps"].tolist() == [30, 3000000]
+    assert table["status"].tolist() == ["completed", "interrupted"]
+    assert table["steps_completed"].tolist()[1] == len(rows(sweep / "1_train.steps=3000000"))
+    assert (sweep / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert f"wrote {sweep / 'summary.csv'}" in out
+    assert_whole_rows_and_interrupted(sweep / "1_train.steps=3000000")

@@ -222,3 +222,28 @@ def test_accelerator_runs_agree_with_the_cpu(runs, device):
     summary, on_device = runs(*args, f"device={device}")
     assert summary["device"] == device
     np.testing.assert_allclose(on_device.to_numpy(), on_cpu.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_the_final_line_shows_a_small_model_s_parameters(tmp_path):
+    from runner.cli import final_line
+
+    params = {"weight": [[2.0, -1.5]], "bias": [None]}
+    summary = {"status": "completed", "steps_completed": 100, "final_loss": 8.98837e-13,
+               "params": params, "steps_per_s": 2394.4}  # fmt: skip
+    assert final_line(summary, tmp_path) == (
+        "completed: 100 steps, final loss 8.98837e-13, weight=[[2, -1.5]] bias=[nan], "
+        f"2394 steps/s -> {tmp_path}"
+    )
+
+
+def test_the_final_line_shows_norms_of_a_large_model_s_parameters(tmp_path):
+    from runner.cli import final_line
+
+    params = {"weight": [[0.03] * 1999 + [4.0]], "bias": [0.25]}  # 2,001 values
+    summary = {"status": "completed", "steps_completed": 10, "final_loss": 0.5,
+               "params": params, "steps_per_s": 50}  # fmt: skip
+    norm = float(np.linalg.norm([0.03] * 1999 + [4.0]))
+    assert final_line(summary, tmp_path, max_values=16) == (
+        f"completed: 10 steps, final loss 0.5, param_norm/weight={norm:.6g} bias=[0.25], "
+        f"50 steps/s -> {tmp_path}"
+    )

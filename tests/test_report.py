@@ -313,3 +313,132 @@ def test_the_callback_reports_a_sweep_that_ended(lr_sweep, capsys):
     statuses = pd.read_csv(lr_sweep / "summary.csv")["status"].tolist()
     assert statuses == ["completed", "failed", "diverged"]
     assert capsys.readouterr().err == ""
+
+
+def test_what_cannot_be_read_or_written_is_a_warning_and_the_rest_is_reported(lr_sweep, capsys):
+    numpy_job, rate_job = lr_sweep / "0_optimizer.lr=0.01", lr_sweep / "1_optimizer.lr=0.1"
+    summary = summary_json(numpy_job) | {"final_loss": "abc"}
+    (numpy_job / "summary.json").write_text(json.dumps(summary))
+    lines = (rate_job / "metrics.csv").read_text().splitlines()
+    fields = lines[4].split(",")
+    lines[4] = ",".join([fields[0], "abc", *fields[2:]])  # step 4's loss
+    (rate_job / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (lr_sweep / "loss.png").mkdir()  # where the plot should go
+
+    report.main([str(lr_sweep)])  # no SystemExit: exit 0
+
+    assert capsys.readouterr().err.splitlines() == [
+        f'runner-report: warning: {numpy_job / "summary.json"}: final_loss is "abc", '
+        "not a number; left empty",
+        f"runner-report: warning: {rate_job / 'metrics.csv'}: line 5 holds 'abc' in column "
+        "loss; 1 row(s) of that kind left out",
+        f"runner-report: warning: {lr_sweep / 'loss.png'}: not written (Is a directory)",
+    ]
+    table = pd.read_csv(lr_sweep / "summary.csv")
+    assert math.isnan(table.loc[0, "final_loss"])
+    assert table.loc[0, "best_loss"] == summary["best_loss"]  # the rest of the job is there
+    assert (lr_sweep / "final_loss.png").read_bytes().startswith(PNG_SIGNATURE)
+    job = report.load_job(rate_job)
+    assert 4 not in job.metrics["step"].tolist() and len(job.metrics) == len(lines) - 2
+    assert job.metrics["loss"].dtype == float and job.metrics["step"].dtype == "int64"
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Makes a directory read only, as archived results are: by its mode, or, for root (whom
+    modes do not stop), by an open() that fails there as on a read-only file system."""
+    import builtins
+    import errno
+    import os
+
+    def make(directory: Path) -> None:
+        if os.geteuid() != 0:
+            directory.chmod(0o555)
+            return
+        real_open = builtins.open
+
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and Path(file).parent == directory:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", open_)
+
+    yield make
+
+
+def test_a_read_only_sweep_is_reported_with_one_warning_and_nothing_written(
+    lr_sweep, read_only, capsys
+):
+    report.write_report(lr_sweep)  # what the sweep itself wrote
+    before = {p.name: p.read_bytes() for p in lr_sweep.iterdir() if p.is_file()}
+    (lr_sweep / "summary.csv").unlink()
+    del before["summary.csv"]
+    capsys.readouterr()
+    read_only(lr_sweep)
+    try:
+        report.main([str(lr_sweep)])  # exit 0
+    finally:
+        lr_sweep.chmod(0o755)
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"runner-report: warning: {lr_sweep}: cannot write here (")
+    assert line.endswith("); summary.csv, loss.png, final_loss.png not written")
+    assert "wrote" not in captured.out
+    assert captured.out.splitlines()[0].split() == ["job", "status", "final_loss", "optimizer.lr"]
+    assert len(captured.out.splitlines()) == 4  # the table of the three jobs
+    assert {p.name: p.read_bytes() for p in lr_sweep.iterdir() if p.is_file()} == before
+
+
+def test_a_folder_of_single_runs_names_each_by_what_differs(tmp_path):
+    """`runner-report outputs/DATE`: single runs with different settings. Parity only between
+    runs that differ in nothing but the loop; each curve named by the keys it sets among those
+    that differ; every legend label inside the picture."""
+    runs = [
+        ["loop=numpy"],
+        ["loop=optim"],
+        ["loop=numpy", "optimizer=adam"],
+        ["data=synthetic", "data.n_features=3", "model=linear", "train.seed=1"],
+        ["loop=numpy"],  # the first one again
+    ]
+    for i, overrides in enumerate(runs):  # single runs are named by time, with no job number
+        (job,) = make_sweep(tmp_path / "made", overrides)
+        job.rename(tmp_path / f"12-00-0{i}_abc{i}")
+    shutil.rmtree(tmp_path / "made")
+    report.write_report(tmp_path, out=io.StringIO())
+
+    parity = pd.read_csv(tmp_path / "parity.csv")
+    pairs = sorted(sorted(pair) for pair in parity[["loop_a", "loop_b"]].values.tolist())
+    assert pairs == [["numpy", "optim"], ["numpy", "optim"]]  # the two plain numpy runs
+    jobs = report.collect_jobs(tmp_path)
+    labels = report._labels(jobs, report.swept_keys(tmp_path, jobs))
+    assert labels == [
+        "loop=numpy (12-00-00_abc0)",
+        "loop=optim",
+        "loop=numpy, optimizer=adam",
+        "data=synthetic, data.n_features=3, model=linear, train.seed=1",
+        "loop=numpy (12-00-04_abc4)",
+    ]
+    fig = report.loss_figure(jobs, labels, "title")
+    fig.savefig(io.BytesIO(), format="png")  # lays the figure out
+    legend = fig.axes[0].get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[3] == "data=synthetic,\ndata.n_features=3, model=linear,\ntrain.seed=1"
+    for artist in (legend, *legend.get_texts()):
+        box = artist.get_window_extent()
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    # beside the plot, not over the curves
+    assert legend.get_window_extent().x0 > fig.axes[0].get_window_extent().x1
+
+
+def test_the_callback_warns_as_the_runner_command(lr_sweep, capsys):
+    job = lr_sweep / "0_optimizer.lr=0.01"
+    (job / "summary.json").write_text(json.dumps(summary_json(job) | {"steps_completed": 2.5}))
+    SweepReport().on_multirun_end(
+        config=OmegaConf.create({"hydra": {"sweep": {"dir": str(lr_sweep)}}})
+    )
+    assert capsys.readouterr().err.splitlines() == [
+        f"runner: warning: {job / 'summary.json'}: steps_completed is 2.5, not a step count; "
+        "left empty"
+    ]
+    assert pd.read_csv(lr_sweep / "summary.csv")["status"].tolist()[0] == "completed"

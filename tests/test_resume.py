@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from runner.errors import ConfigError
+from runner.run import run
 from tests.helpers import run_cli, train
 
 OPTIMIZERS = {
@@ -203,3 +207,250 @@ def test_a_sweep_resumes_skipping_finished_jobs(tmp_path):
     assert (jobs[1] / "metrics.csv").read_bytes() == reference
     for job in jobs:
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+# --- nothing lost, nothing let in --------------------------------------------------------------
+def _crashed(tmp_path, monkeypatch, *args, at=25):
+    """A numpy-loop run of `args` crashed at step `at` in tmp_path/"run"; returns its directory."""
+    with monkeypatch.context() as patch:
+        _crash_after(patch, *LOOP_CLASSES["numpy"], step=at)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(tmp_path / "run", *args)
+    return tmp_path / "run"
+
+
+RESUMABLE = ["loop=numpy", *PROBLEM, "train.steps=40"]  # checkpoints at 7, 14, 21, ...
+
+
+def _files(directory) -> dict:
+    return {
+        p.relative_to(directory): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_resume_killed_as_it_reopens_metrics_csv_keeps_every_row(tmp_path, monkeypatch):
+    import types
+
+    from runner.sinks import csv_sink
+
+    train(tmp_path / "straight", *RESUMABLE)
+    run_dir = _crashed(tmp_path, monkeypatch, *RESUMABLE)
+    lines = (run_dir / "metrics.csv").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + 24  # rows up to 24 on disk, checkpoint at 21
+
+    def killed(fd, data):
+        raise SystemExit("killed")  # the process dies at the sink's first write
+
+    fake_os = types.SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if n[0] != "_"})
+    fake_os.write = killed
+    with monkeypatch.context() as patch:
+        patch.setattr(csv_sink, "os", fake_os)
+        with pytest.raises(SystemExit):
+            train(run_dir, *RESUMABLE, "train.resume=true")
+    # the rows the checkpoint claims never left the disk; only those logged past it are cut
+    assert (run_dir / "metrics.csv").read_bytes() == b"".join(lines[: 1 + 21])
+    train(run_dir, *RESUMABLE, "train.resume=true")
+    straight = (tmp_path / "straight" / "metrics.csv").read_bytes()
+    assert (run_dir / "metrics.csv").read_bytes() == straight
+
+
+def test_a_torn_last_line_past_the_checkpoint_is_logged_again(tmp_path, monkeypatch):
+    train(tmp_path / "straight", *RESUMABLE)
+    run_dir = _crashed(tmp_path, monkeypatch, *RESUMABLE)
+    csv = run_dir / "metrics.csv"
+    csv.write_bytes(csv.read_bytes()[:-7])  # row 24 torn by a kill mid-write
+    train(run_dir, *RESUMABLE, "train.resume=true")
+    assert csv.read_bytes() == (tmp_path / "straight" / "metrics.csv").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["cut 7 bytes", "delete", "empty", "drop a row"])
+def test_resume_refuses_a_metrics_csv_with_a_gap_before_the_checkpoint(tmp_path, damage):
+    args = ["loop=numpy", *PROBLEM, "train.steps=14"]  # ends with its checkpoint at 14
+    run_dir = tmp_path / "run"
+    train(run_dir, *args)
+    csv = run_dir / "metrics.csv"
+    lines = csv.read_bytes().splitlines(keepends=True)
+    if damage == "cut 7 bytes":
+        csv.write_bytes(b"".join(lines)[:-7])
+    elif damage == "delete":
+        csv.unlink()
+    elif damage == "empty":
+        csv.write_bytes(b"")
+    else:
+        csv.write_bytes(b"".join(lines[:5] + lines[6:]))
+    before = _files(run_dir)
+    with pytest.raises(
+        ConfigError, match=rf"train.resume=true: expected {re.escape(str(csv))} to hold the 14 rows"
+    ):
+        train(run_dir, *args, "train.steps=30", "train.resume=true")
+    assert _files(run_dir) == before
+
+
+def test_resume_refuses_a_metrics_csv_with_a_step_that_is_no_integer(tmp_path):
+    args = ["loop=numpy", *PROBLEM, "train.steps=14"]
+    train(tmp_path / "run", *args)
+    csv = tmp_path / "run" / "metrics.csv"
+    text = csv.read_text().splitlines(keepends=True)
+    text[4] = "four" + text[4][1:]
+    csv.write_text("".join(text))
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(str(csv))} to hold .* line 5 has step 'four'"
+    ):
+        train(tmp_path / "run", *args, "train.steps=30", "train.resume=true")
+
+
+def test_resume_with_every_n_steps_keeps_the_rows_that_were_logged(tmp_path, monkeypatch):
+    args = [*RESUMABLE, "log.every_n_steps=5"]
+    train(tmp_path / "straight", *args)
+    run_dir = _crashed(tmp_path, monkeypatch, *args)
+    train(run_dir, *args, "train.resume=true")
+    assert (run_dir / "metrics.csv").read_bytes() == (
+        tmp_path / "straight" / "metrics.csv"
+    ).read_bytes()
+    # log.* may change on resume: rows 5..20 as logged, then every step from 22
+    again = _crashed(tmp_path / "again", monkeypatch, *args)
+    _, metrics = train(again, *RESUMABLE, "train.resume=true")
+    assert metrics["step"].tolist() == [5, 10, 15, 20, *range(22, 41)]
+
+
+def test_a_run_directory_that_holds_a_run_is_refused_without_resume(tmp_path):
+    train(tmp_path / "run", "train.steps=5")
+    before = _files(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=\S+run: .*train.resume=true"):
+        train(tmp_path / "run", "train.steps=5")
+    assert _files(tmp_path / "run") == before
+
+
+def test_resume_refuses_data_whose_contents_changed(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,2\n2,4\n3,6\n")
+    args = ["data=csv", f"data.path={data}", "data.target=y", "train.checkpoint_every=5"]
+    train(tmp_path / "run", *args, "train.steps=10")
+    data.write_text("x,y\n1,2\n2,4\n3,6\n")  # rewritten, same contents: fine
+    train(tmp_path / "run", *args, "train.steps=15", "train.resume=true")
+    data.write_text("x,y\n1,2\n2,5\n3,6\n")
+    with pytest.raises(ConfigError, match=r"train.resume=true: expected .*the data"):
+        train(tmp_path / "run", *args, "train.steps=20", "train.resume=true")
+
+
+def test_a_resume_removes_the_temporary_files_of_a_killed_write(tmp_path, monkeypatch):
+    run_dir = _crashed(tmp_path, monkeypatch, *RESUMABLE)
+    leftovers = [run_dir / "checkpoint" / ".state.k1ll3d.tmp", run_dir / ".summary.k1ll3d.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"\0" * 1000)
+    train(run_dir, *RESUMABLE, "train.resume=true")
+    assert not any(p.exists() for p in leftovers)
+
+
+@pytest.mark.parametrize("loop", ["numpy", "optim"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, loop, damage):
+    args = [f"loop={loop}", "train.steps=10", "train.checkpoint_every=5"]
+    train(tmp_path / "run", *args)
+    (state,) = (tmp_path / "run" / "checkpoint").iterdir()
+    data = state.read_bytes()
+    state.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"x" * 99}[damage]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"train.resume=true: expected a readable checkpoint; {re.escape(str(state))}",
+    ):
+        train(tmp_path / "run", *args, "train.steps=20", "train.resume=true")
+
+
+@pytest.mark.parametrize("change", ["no tracker", "format 1"])
+def test_a_checkpoint_of_another_format_is_one_line_naming_it(tmp_path, change):
+    from runner import checkpoint
+
+    args = ["loop=numpy", "train.steps=10", "train.checkpoint_every=5"]
+    train(tmp_path / "run", *args)
+    directory = tmp_path / "run" / "checkpoint"
+    saved = checkpoint.load(directory, "numpy")
+    meta = dict(saved.meta)
+    if change == "no tracker":
+        del meta["tracker"]
+    checkpoint.save(directory, "numpy", saved.state, meta)
+    if change == "format 1":  # as an older runner wrote it
+        with np.load(directory / "state.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["__meta__"] = np.array(json.dumps({**meta, "format": 1}))
+        np.savez(directory / "state.npz", **arrays)
+    with pytest.raises(
+        ConfigError, match=rf"expected a checkpoint .*{re.escape(str(directory / 'state.npz'))}"
+    ):
+        train(tmp_path / "run", *args, "train.steps=20", "train.resume=true")
+
+
+def test_a_changed_group_is_named_by_its_choice(tmp_path):
+    from tests.helpers import compose_config
+
+    def run_with(optimizer: str, *more: str) -> None:
+        overrides = [f"optimizer={optimizer}", "train.steps=10", *more]
+        cfg = compose_config("log.progress=false", *overrides)
+        run(cfg, tmp_path / "run", overrides, choices={"optimizer": optimizer, "loop": "optim"})
+
+    run_with("sgd")
+    with pytest.raises(ConfigError, match=r"; optimizer was sgd, now adam \("):
+        run_with("adam", "train.resume=true", "train.steps=20")
+    with pytest.raises(ConfigError, match=r"; optimizer.lr was 0.01, now 0.2 \("):
+        run_with("sgd", "train.resume=true", "train.steps=20", "optimizer.lr=0.2")
+
+
+def test_resuming_a_finished_run_with_fewer_steps_changes_nothing(tmp_path):
+    from runner.cli import final_line
+
+    summary, _ = train(tmp_path / "run", "train.steps=30", "train.checkpoint_every=7")
+    before = _files(tmp_path / "run")
+    again, _ = train(tmp_path / "run", "train.steps=12", "train.resume=true")
+    assert again == summary and _files(tmp_path / "run") == before
+    line = final_line(again, tmp_path / "run")
+    assert line.startswith("already completed: 30 steps, final loss ")
+    assert line.endswith(f"-> {tmp_path / 'run'} (nothing to resume)")
+
+
+def test_a_full_disk_names_the_file_and_leaves_a_failed_resumable_run(tmp_path, monkeypatch):
+    import errno
+    import types
+
+    from runner.errors import describe_error
+    from runner.sinks import csv_sink, summary
+
+    args = [*RESUMABLE, "log.flush_secs=1000"]  # rows reach the disk at each checkpoint
+    train(tmp_path / "straight", *args)
+    straight = (tmp_path / "straight" / "metrics.csv").read_bytes()
+    room = [straight.index(b"\n24,") + 5]  # the disk fills up inside row 24
+
+    def write(fd, data):
+        if room[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = min(len(data), room[0])
+        room[0] -= n
+        return os.write(fd, bytes(data[:n]))
+
+    def mkstemp(*args, **kwargs):  # and then has no room for a new summary.json either
+        if room[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return tempfile.mkstemp(*args, **kwargs)
+
+    fake_os = types.SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if n[0] != "_"})
+    fake_os.write = write
+    fake_tempfile = types.SimpleNamespace(mkstemp=mkstemp)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(csv_sink, "os", fake_os)
+        patch.setattr(summary, "tempfile", fake_tempfile)
+        with pytest.raises(OSError) as raised:
+            train(run_dir, *args)
+    assert describe_error(raised.value) == (
+        f"{run_dir / 'metrics.csv'}: No space left on device",
+        1,
+    )
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    lines = straight.splitlines(keepends=True)
+    assert (run_dir / "metrics.csv").read_bytes() == b"".join(lines[: 1 + 23])  # whole rows only
+    summary_after, _ = train(run_dir, *args, "train.resume=true")  # once there is room again
+    assert summary_after["status"] == "completed"
+    assert (run_dir / "metrics.csv").read_bytes() == straight

@@ -177,8 +177,7 @@ def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
                          f"hydra.sweep.dir={out}", cwd=tmp_path, PYTHONPATH=str(REPO))  # fmt: skip
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [
-            "runner: error: optimizer.lr=abc: Value 'abc' of type 'str' could not be converted "
-            "to Float"
+            "runner: error: optimizer.lr=abc: expected a number"
         ]
         assert not out.exists() or job_dirs(out) == []
 
