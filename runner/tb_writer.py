@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-import operator
 import os
 import socket
 import struct
@@ -47,7 +46,6 @@ HISTOGRAM_BUCKETS = 30
 # importing that module costs ~0.2 s because it pulls tensor_util, so they are restated here and
 # the tests check them against it).
 _HPARAMS_PLUGIN = "hparams"
-_HPARAMS_EXPERIMENT_TAG = "_hparams_/experiment"
 _HPARAMS_SESSION_START_TAG = "_hparams_/session_start_info"
 _HPARAMS_SESSION_END_TAG = "_hparams_/session_end_info"
 
@@ -162,18 +160,6 @@ class _Batch:
         if old:
             self.steps[: self.n], self.walls[: self.n], self.payload[: self.n] = old
 
-    def next_row(self) -> np.ndarray:
-        """The payload row the next `commit` will add, for the caller to fill first (so a
-        failed fill leaves no half-written row behind)."""
-        if self.n == len(self.steps):
-            self._allocate(2 * self.n)
-        return self.payload[self.n]
-
-    def commit(self, step: int, wall: float) -> None:
-        """Adds the row filled through `next_row`."""
-        self.steps[self.n], self.walls[self.n] = step, wall
-        self.n += 1
-
     def extend(self, steps: np.ndarray, walls: np.ndarray, payload: np.ndarray) -> None:
         i, k = self.n, len(steps)
         if i + k > len(self.steps):
@@ -262,14 +248,14 @@ class EventWriter:
     order they were added. Not thread-safe.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, filename_suffix: str = "") -> None:
+    def __init__(self, log_dir: str | os.PathLike) -> None:
         self.log_dir = os.fspath(log_dir)
         os.makedirs(self.log_dir, exist_ok=True)
         self._fd = -1
         while self._fd < 0:  # O_EXCL + a per-process counter: unique even within one second
             name = (
                 f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
-                f"{os.getpid()}.{next(_UID)}{filename_suffix}"
+                f"{os.getpid()}.{next(_UID)}"
             )
             path = os.path.join(self.log_dir, name)
             try:
@@ -281,8 +267,6 @@ class EventWriter:
         # order: [batch, rows] runs and [None, record bytes] items.
         self._batches: dict[object, _Batch] = {}
         self._queue: list[list] = []
-        self._last_tags: object = None
-        self._last_batch: _Batch | None = None
         self._hparams_started = False
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         self._write(_record(version.SerializeToString()))
@@ -290,17 +274,12 @@ class EventWriter:
     # -- scalars ------------------------------------------------------------------------------
 
     def _scalar_batch(self, tags: Sequence[str]) -> _Batch:
-        # Tuples are immutable, so the same tuple object as last time needs no lookup.
-        if tags is self._last_tags:
-            return self._last_batch
         key = tuple(tags)
         batch = self._batches.get(key)
         if batch is None:
             if len(set(key)) != len(key) or not key:
                 raise ValueError(f"tags must be distinct and non-empty: {key!r}")
             batch = self._batches[key] = _Batch(_scalars_tail(key), len(key), "f4")
-        if type(tags) is tuple:
-            self._last_tags, self._last_batch = tags, batch
         return batch
 
     def _enqueue(self, batch: _Batch, rows: int) -> None:
@@ -310,37 +289,13 @@ class EventWriter:
         else:
             q.append([batch, rows])
 
-    def add_scalars(
-        self,
-        step: int,
-        tags: Sequence[str],
-        values: Sequence[float] | np.ndarray,
-        wall_time: float | None = None,
-    ) -> None:
-        """One event at `step` holding one simple_value (float32) per tag (the fast path).
+    def add_scalars(self, step: int, tags: Sequence[str], values: Sequence[float]) -> None:
+        """One event at `step` holding one simple_value (float32) per tag."""
+        self.add_scalar_rows(np.array([step]), tags, np.array([values], np.float64))
 
-        The values are copied, so arrays may be updated in place afterwards. Pass the same
-        tuple of tags each time to skip the tag lookup.
-        """
-        self._check_open()
-        batch = self._scalar_batch(tags)
-        if len(values) != batch.width:
-            raise ValueError(f"{len(values)} values for {batch.width} tags")
-        batch.next_row()[:] = values
-        batch.commit(operator.index(step), time.time() if wall_time is None else wall_time)
-        self._enqueue(batch, 1)
-
-    def add_scalar_rows(
-        self,
-        steps: np.ndarray,
-        tags: Sequence[str],
-        values: np.ndarray,
-        wall_times: np.ndarray | None = None,
-    ) -> None:
-        """Bulk: values has shape (K, len(tags)); one event per row, in row order.
-
-        Without `wall_times` every row gets the current time.
-        """
+    def add_scalar_rows(self, steps: np.ndarray, tags: Sequence[str], values: np.ndarray) -> None:
+        """Values has shape (K, len(tags)); one event per row, in row order, all at the current
+        wall time. The values are copied, so arrays may be updated in place afterwards."""
         self._check_open()
         batch = self._scalar_batch(tags)
         steps = np.asarray(steps)
@@ -353,26 +308,54 @@ class EventWriter:
             )
         if k and not np.issubdtype(steps.dtype, np.integer):
             raise TypeError(f"steps must be integers, got {steps.dtype}")
-        walls = time.time() if wall_times is None else np.asarray(wall_times, np.float64)
         if k:
-            batch.extend(steps, walls, values)
+            batch.extend(steps, time.time(), values)
             self._enqueue(batch, k)
 
     # -- histograms ---------------------------------------------------------------------------
 
-    def add_histogram(
-        self, tag: str, values: np.ndarray, step: int, wall_time: float | None = None
-    ) -> None:
-        """Histogram of all elements, as a HistogramProto (min/max/num/sum/sum_squares and
-        HISTOGRAM_BUCKETS equal-width buckets; one bucket if all values are equal).
+    def add_histogram_rows(self, tag: str, steps: np.ndarray, values: np.ndarray) -> None:
+        """One histogram per step of the elements of `values[i]` (shape (K, ...)), as a
+        HistogramProto: min/max/num/sum/sum_squares and HISTOGRAM_BUCKETS equal-width buckets
+        (one bucket if all values are equal). All rows get the current wall time.
 
-        Non-finite elements are left out of every statistic; if nothing finite remains no
-        event is written (a diverged run must not crash in its logging).
+        Non-finite elements are left out of every statistic; if nothing finite remains in a row
+        it writes no event (a diverged run must not crash in its logging).
         """
         self._check_open()
-        a = np.asarray(values, dtype=np.float64).ravel()
-        if a.size == 0:
-            raise ValueError(f"histogram {tag!r}: no values")
+        steps = np.asarray(steps)
+        k = len(steps)
+        if k == 0:
+            return
+        a = np.asarray(values, dtype=np.float64).reshape(k, -1)
+        if steps.shape != (k,) or a.shape[1] == 0:
+            raise ValueError(f"need steps (K,) and values (K, n>0); got {steps.shape}, {a.shape}")
+        if not np.issubdtype(steps.dtype, np.integer):
+            raise TypeError(f"steps must be integers, got {steps.dtype}")
+        wall = time.time()
+        buckets = HISTOGRAM_BUCKETS
+        lo, hi = a.min(axis=1), a.max(axis=1)
+        with np.errstate(all="ignore"):
+            spread = hi - lo
+            scale = buckets / spread
+        if not (np.isfinite(scale).all() and np.isfinite(spread).all()):
+            # Constant rows, non-finite elements, extreme ranges: the one-row path handles them.
+            for i in range(k):
+                self._add_histogram_row(tag, a[i], steps[i], wall)
+            return
+        payload = np.empty((k, 5 + 2 * buckets))
+        payload[:, 0], payload[:, 1], payload[:, 2] = lo, hi, a.shape[1]
+        payload[:, 3], payload[:, 4] = a.sum(axis=1), np.einsum("ij,ij->i", a, a)
+        idx = ((a - lo[:, None]) * scale[:, None]).astype(np.intp)
+        np.minimum(idx, buckets - 1, out=idx)
+        idx += np.arange(0, k * buckets, buckets)[:, None]  # row i counts into its own range
+        payload[:, 5 + buckets :] = np.bincount(idx.ravel(), minlength=k * buckets).reshape(k, -1)
+        batch = self._histogram_batch(tag, buckets)
+        batch.extend(steps, wall, payload)
+        self._enqueue(batch, k)
+
+    def _add_histogram_row(self, tag: str, a: np.ndarray, step: np.integer, wall: float) -> None:
+        """One row of add_histogram_rows (1-D float64 `a`) that the bulk path cannot take."""
         total = a.sum()
         if not math.isfinite(total):  # some element is inf or nan (or the sum overflowed)
             a = a[np.isfinite(a)]
@@ -381,8 +364,7 @@ class EventWriter:
             total = a.sum()
         lo, hi = float(a.min()), float(a.max())
         buckets = 1 if lo == hi else HISTOGRAM_BUCKETS
-        batch = self._histogram_batch(tag, buckets)
-        row = batch.next_row()
+        row = np.empty(5 + 2 * buckets)
         row[:5] = lo, hi, a.size, total, a @ a
         if buckets == 1:
             row[5:] = hi, a.size
@@ -395,49 +377,9 @@ class EventWriter:
             idx = ((a - lo) * scale).astype(np.intp)
             np.minimum(idx, buckets - 1, out=idx)  # the maximum belongs to the last bucket
             row[5 + buckets :] = np.bincount(idx, minlength=buckets)
-        batch.commit(operator.index(step), time.time() if wall_time is None else wall_time)
-        self._enqueue(batch, 1)
-
-    def add_histogram_rows(
-        self,
-        tag: str,
-        steps: np.ndarray,
-        values: np.ndarray,
-        wall_times: np.ndarray | None = None,
-    ) -> None:
-        """Bulk add_histogram: one histogram per step of the elements of `values[i]` (shape
-        (K, ...)); the same events as K add_histogram calls, computed for all rows at once."""
-        self._check_open()
-        steps = np.asarray(steps)
-        k = len(steps)
-        if k == 0:
-            return
-        a = np.asarray(values, dtype=np.float64).reshape(k, -1)
-        walls = np.full(k, time.time()) if wall_times is None else np.asarray(wall_times, float)
-        if steps.shape != (k,) or walls.shape != (k,) or a.shape[1] == 0:
-            raise ValueError(f"need steps (K,) and values (K, n>0); got {steps.shape}, {a.shape}")
-        if not np.issubdtype(steps.dtype, np.integer):
-            raise TypeError(f"steps must be integers, got {steps.dtype}")
-        buckets = HISTOGRAM_BUCKETS
-        lo, hi = a.min(axis=1), a.max(axis=1)
-        with np.errstate(all="ignore"):
-            spread = hi - lo
-            scale = buckets / spread
-        if not (np.isfinite(scale).all() and np.isfinite(spread).all()):
-            # Constant rows, non-finite elements, extreme ranges: the one-row path handles them.
-            for i in range(k):
-                self.add_histogram(tag, a[i], int(steps[i]), walls[i])
-            return
-        payload = np.empty((k, 5 + 2 * buckets))
-        payload[:, 0], payload[:, 1], payload[:, 2] = lo, hi, a.shape[1]
-        payload[:, 3], payload[:, 4] = a.sum(axis=1), np.einsum("ij,ij->i", a, a)
-        idx = ((a - lo[:, None]) * scale[:, None]).astype(np.intp)
-        np.minimum(idx, buckets - 1, out=idx)
-        idx += np.arange(0, k * buckets, buckets)[:, None]  # row i counts into its own range
-        payload[:, 5 + buckets :] = np.bincount(idx.ravel(), minlength=k * buckets).reshape(k, -1)
         batch = self._histogram_batch(tag, buckets)
-        batch.extend(steps, walls, payload)
-        self._enqueue(batch, k)
+        batch.extend(np.array([step]), wall, row[None])
+        self._enqueue(batch, 1)
 
     def _histogram_batch(self, tag: str, buckets: int) -> _Batch:
         batch = self._batches.get((tag, buckets))
@@ -497,50 +439,30 @@ class EventWriter:
         )
         self._add_summary(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=null))
 
-    def add_hparams(
-        self,
-        hparams: Mapping[str, float | int | str | bool],
-        metric_tags: Sequence[str] | None = None,
-    ) -> None:
-        """Writes the HParams session-start summary (and, given `metric_tags`, an experiment
-        summary) into this same run.
+    def add_hparams(self, hparams: Mapping[str, float | int | str | bool]) -> None:
+        """Writes the HParams session-start summary into this same run (unlike torch's
+        add_hparams, no sub-run). Once per writer.
 
-        The run directory is the session (unlike torch's add_hparams, no sub-run). Metrics are
-        whatever scalars the caller later writes under `metric_tags`. Once per writer. Without
-        `metric_tags` TensorBoard builds the experiment from all sessions in the logdir: the union
-        of their hparams, marked where they differ, and every scalar tag as a metric. With it,
-        TensorBoard takes one run's experiment for the whole logdir, which hides a sweep's
-        differences, so runs that share a logdir should leave it out.
+        No experiment summary: TensorBoard then builds the experiment from all sessions in the
+        logdir (a sweep's runs), with the union of their hparams, marked where they differ, and
+        every scalar tag as a metric.
         """
         from google.protobuf import struct_pb2
-        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+        from tensorboard.plugins.hparams import plugin_data_pb2
 
         if self._hparams_started:
             raise RuntimeError("add_hparams was already called for this writer")
-        infos, values = [], {}
+        values = {}
         for name, v in hparams.items():
             if isinstance(v, (bool, np.bool_)):
-                kind, values[name] = api_pb2.DATA_TYPE_BOOL, struct_pb2.Value(bool_value=bool(v))
+                values[name] = struct_pb2.Value(bool_value=bool(v))
             elif isinstance(v, numbers.Real):
-                kind = api_pb2.DATA_TYPE_FLOAT64
                 values[name] = struct_pb2.Value(number_value=float(v))
             elif isinstance(v, str):
-                kind, values[name] = api_pb2.DATA_TYPE_STRING, struct_pb2.Value(string_value=v)
+                values[name] = struct_pb2.Value(string_value=v)
             else:
                 raise TypeError(f"hparam {name!r}: {type(v).__name__} is not bool/number/str")
-            infos.append(api_pb2.HParamInfo(name=name, type=kind))
-        now = time.time()
-        start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=now)
-        if metric_tags is not None:
-            experiment = api_pb2.Experiment(
-                time_created_secs=now,
-                hparam_infos=infos,
-                metric_infos=[
-                    api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=t))
-                    for t in metric_tags
-                ],
-            )
-            self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
+        start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=time.time())
         self._add_hparams_summary(_HPARAMS_SESSION_START_TAG, session_start_info=start)
         self._hparams_started = True
 
@@ -603,9 +525,3 @@ class EventWriter:
             finally:
                 os.close(self._fd)
                 self._fd = -1
-
-    def __enter__(self) -> EventWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
