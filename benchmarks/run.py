@@ -46,6 +46,8 @@ TARGET_LOGGING_COST = 1.25  # runner loop, full logging / the same loop with log
 TARGET_NUMPY_VS_OPTIM = 0.35  # `runner loop=numpy` process / `runner loop=optim` process
 TARGET_TORCH_VS_IMPORT = 1.3  # a torch loop's `runner` process / `python -c "import torch"`
 TARGET_SWEEP_VS_ONE_RUN = 2.0  # a 64-rate vectorized sweep process / one run's process
+# A 64-rate vectorized sweep of the linear model, long enough that training shows, / one run:
+TARGET_LONG_SWEEP = {"numpy": 2.0, "optim": 4.0}
 
 LOOPS = ("numpy", "autograd", "optim")
 # What the runner runs for each bare loop below. The defaults already are notebook 000 (model
@@ -72,13 +74,14 @@ class Settings:
     process_reps: int  # interleaved repetitions of each start-up process
     sweep_jobs: int  # learning rates in the sweep
     sweep_steps: int  # train.steps of every sweep job (and of the single run)
+    long_sweep_steps: int  # train.steps of the linear model's sweeps (sweep/linear_*)
     sweep_reps: int
     warmup: bool  # one untimed run of each process first (page cache, .pyc files)
 
 
-FULL = Settings("full", 4000, 9, 7, 64, 100, 3, True)
+FULL = Settings("full", 4000, 9, 7, 64, 100, 2000, 3, True)
 # Small enough for the test suite; the numbers it gives mean nothing.
-FAST = Settings("fast", 50, 1, 1, 3, 5, 1, False)
+FAST = Settings("fast", 50, 1, 1, 3, 5, 5, 1, False)
 
 
 # -- bare loops: what a user would write by hand -------------------------------------------
@@ -326,6 +329,36 @@ def measure_sweep(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     return {f"sweep/basic_launcher_{n}": basic, f"sweep/vectorized_{n}": vectorized}
 
 
+def measure_long_sweeps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """A vectorized sweep of the linear model on the seed line, long enough that training
+    counts, against one run of it, for the numpy and the optim loop."""
+    runner = runner_command()
+    rates = sweep_rates(settings.sweep_jobs)
+    n, fast = len(rates), settings.mode == "fast"
+    rows = {}
+    for loop in ("numpy", "optim"):
+        args = [f"loop={loop}", "model=linear", "data=seed_line",
+                f"train.steps={settings.long_sweep_steps}"]  # fmt: skip
+        sweep_cmd = [*runner, "-m", f"optimizer.lr={','.join(rates)}", *args,
+                     "hydra/launcher=vectorized"]  # fmt: skip
+        single_cmd = [*runner, "optimizer.lr=0.01", *args]
+        s = interleaved({"sweep": sweep_cmd, "single": single_cmd}, settings.sweep_reps, False,
+                        work / loop)  # fmt: skip
+        label = " ".join(args)
+        row = measurement(
+            "s",
+            f"runner -m optimizer.lr=<{n} rates> {label} hydra/launcher=vectorized",
+            s["sweep"],
+            f"runner optimizer.lr=0.01 {label}",
+            s["single"],
+            TARGET_LONG_SWEEP[loop],
+            fast,
+        )
+        row["jobs"] = n
+        rows[f"sweep/linear_{loop}_vectorized_{n}"] = row
+    return rows
+
+
 # -- results --------------------------------------------------------------------------------
 
 
@@ -430,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **measure_steps(settings, work / "steps"),
             **measure_startup(settings, work / "startup"),
             **measure_sweep(settings, work / "sweep"),
+            **measure_long_sweeps(settings, work / "long_sweep"),
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = {"environment": env, "measurements": measurements}

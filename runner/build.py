@@ -34,8 +34,12 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def build_optimizer(node: DictConfig) -> Any:
-    """The update rule (runner.optim_rules) that the config's optimizer group picks."""
-    return instantiate(node, _convert_="all")
+    """The update rule (runner.optim_rules) that the config's optimizer group picks, once its
+    hyperparameters are in range (ConfigError for the first that is not)."""
+    rule = instantiate(node, _convert_="all")
+    for key, value, allowed in rule.check():
+        raise ConfigError(f"optimizer.{key}", value, allowed)
+    return rule
 
 
 def loop_class(node: DictConfig) -> type:
@@ -45,11 +49,12 @@ def loop_class(node: DictConfig) -> type:
     return cls
 
 
-def build_parts(cfg: DictConfig) -> dict[str, Any]:
-    """Model, data set, loss and optimizer rule, as the config groups pick them."""
+def build_parts(cfg: DictConfig, optimizer: Any = None) -> dict[str, Any]:
+    """Model, data set, loss and optimizer rule, as the config groups pick them (the rule is
+    `optimizer` when the caller built it already)."""
     return {
         "model": instantiate(cfg.model),
         "data": instantiate(cfg.data, _convert_="all"),
         "loss": instantiate(cfg.loss),
-        "optimizer": build_optimizer(cfg.optimizer),
+        "optimizer": build_optimizer(cfg.optimizer) if optimizer is None else optimizer,
     }

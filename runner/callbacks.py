@@ -69,32 +69,13 @@ class FailedJobs(Callback):
     raised in another process (joblib, submitit, Ray) reports it only in its summary.json."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from runner.cli import note_failed_job
+        from runner.jobs import first_exit_code, note_failed_job
         from runner.report import job_statuses
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         statuses = job_statuses(sweep_dir, sweep_ended=True)
         if any(status not in ("completed", "diverged") for status in statuses):
             note_failed_job(first_exit_code(sweep_dir))
-
-
-def first_exit_code(sweep_dir: Path) -> int:
-    """The exit code that the sweep's first failed job left in its failed.json (2 for bad
-    input), so that every launcher ends the sweep as the basic one does; 1 when none did."""
-    import json
-
-    from runner.cli import FAILED_JOB_FILE
-
-    def number(path: Path) -> int:
-        head = path.parent.name.partition("_")[0]
-        return int(head) if head.isdigit() else -1
-
-    for path in sorted(sweep_dir.glob(f"*/{FAILED_JOB_FILE}"), key=number):
-        try:
-            return int(json.loads(path.read_text())["exit_code"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return 1
 
 
 class NewRunDirectory(Callback):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -15,21 +13,19 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
 from runner.errors import ConfigError, describe_error
+from runner.jobs import SWEPT_KEYS_ENV, exit_code, final_line, report_failed_job, sweeper_value
 from runner.overrides import check_command_line, swept_keys
 from runner.run import Finished, check_new_run_dir, holds_run, run
 from runner.signals import Interrupted
 
 schema.register()
 
-# Exit codes of the jobs this process ran that failed; main() exits with the first one.
-_FAILED_JOBS: list[int] = []
 _FULL_ERROR = False  # HYDRA_FULL_ERROR=1 as the user set it: tracebacks wanted
 # The key and directory (absolute) of the last job started: an interrupted run names them.
 _STARTED: list[tuple[str, Path]] = []
@@ -55,32 +51,17 @@ def _task(cfg: DictConfig) -> float | None:
         # the other jobs go on.
         if _FULL_ERROR:
             raise
-        report_failed_job(err, out_dir, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
+        in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+        code = report_failed_job(err, out_dir, in_sweep=in_sweep)
+        if not in_sweep and code == 2 and not (out_dir / "summary.json").exists():
+            remove_new_run_dir(out_dir)  # bad input leaves no run directory behind
         return None
     try:
-        print(final_line(summary, out_dir, cfg.log.max_elements), flush=True)
+        finished = isinstance(summary, Finished)
+        print(final_line(summary, out_dir, cfg.log.max_elements, finished), flush=True)
     except BrokenPipeError:  # `runner ... | head`: the reader left; the outputs are on disk
         _drop_stdout()
     return sweeper_value(summary)
-
-
-def report_failed_job(err: BaseException, out_dir: Path, *, multirun: bool) -> None:
-    """One line on stderr for a job that raised; the command then exits non-zero. A sweep's job
-    leaves its exit code in failed.json for the sweep (its launcher may have run it in another
-    process); a single run stopped by bad input before training leaves no directory behind."""
-    message, code = describe_error(err)
-    print(f"runner: error: {message}", file=sys.stderr, flush=True)
-    note_failed_job(code)
-    if multirun:
-        with contextlib.suppress(OSError):
-            text = json.dumps({"exit_code": code, "error": message})
-            (out_dir / FAILED_JOB_FILE).write_text(text + "\n")
-    elif code == 2 and not (out_dir / "summary.json").exists():
-        remove_new_run_dir(out_dir)
-
-
-# What a failed sweep job leaves in its directory: {"exit_code": 2, "error": "..."}.
-FAILED_JOB_FILE = "failed.json"
 
 
 def remove_new_run_dir(out_dir: Path) -> None:
@@ -110,55 +91,6 @@ def remove_new_run_dir(out_dir: Path) -> None:
             return
         if directory == created:
             return
-
-
-def note_failed_job(code: int) -> None:
-    """The command exits with the first code noted (a sweep's other jobs still run)."""
-    _FAILED_JOBS.append(code)
-
-
-def sweeper_value(summary: dict) -> float:
-    """What a job returns for a sweeper (e.g. Optuna) to minimise: its final loss, and inf for a
-    diverged run (a NaN would abort Optuna's study)."""
-    loss = summary["final_loss"]
-    return math.inf if loss is None or math.isnan(loss) else loss
-
-
-def final_line(summary: dict, out_dir: Path, max_values: int = 16) -> str:
-    """The run's last word: status, loss, parameters, speed and where the outputs are. A run
-    that resume found finished (runner.run.Finished) says so instead of giving a speed."""
-    status = summary["status"]
-    if status == "diverged":
-        status = f"diverged at step {summary['diverged_at_step']}"
-    params = _params(summary["params"], max_values)
-    loss = summary["final_loss"]
-    result = (
-        f"{summary['steps_completed']} steps, final loss "
-        f"{'nan' if loss is None else f'{loss:.6g}'}, {params}"
-    )
-    if isinstance(summary, Finished):
-        return f"already {status}: {result} -> {out_dir} (nothing to resume)"
-    return f"{status}: {result}, {summary['steps_per_s']:.0f} steps/s -> {out_dir}"
-
-
-def _params(params: dict, max_values: int) -> str:
-    sizes = {k: np.size(v) for k, v in params.items()}
-    if sum(sizes.values()) <= max_values:
-        return " ".join(f"{k}={_short(v)}" for k, v in params.items())
-    # Thousands of values would bury the line: a parameter of several shows its norm, named as
-    # in metrics.csv. None is how summary.json writes NaN.
-    return " ".join(
-        f"{k}={_short(v)}"
-        if sizes[k] == 1
-        else f"param_norm/{k}={_short(float(np.linalg.norm(np.array(v, dtype=float))))}"
-        for k, v in params.items()
-    )
-
-
-def _short(value) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
-    return "nan" if value is None else f"{value:.6g}"
 
 
 def check_run_dir(parsed: list, multirun: bool) -> None:
@@ -263,7 +195,7 @@ def cli() -> int:
         # Parsed once here for every check and the swept keys; Hydra parses on its own.
         overrides, multirun = check_command_line(sys.argv[1:])
         if multirun:
-            os.environ[schema.SWEPT_KEYS_ENV] = ",".join(swept_keys(overrides))
+            os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(overrides))
         check_run_dir(overrides, multirun)
         _task()
     except BrokenPipeError:  # `runner --help | head -1`: the reader left before the end
@@ -286,7 +218,7 @@ def cli() -> int:
         message, code = describe_error(err)
         print(f"runner: error: {message}", file=sys.stderr)
         return code
-    return _FAILED_JOBS[0] if _FAILED_JOBS else 0
+    return exit_code()
 
 
 def _drop_stdout() -> None:

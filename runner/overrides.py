@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import AsTyped, ConfigError
+from runner.errors import AsTyped, ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
@@ -40,12 +40,44 @@ def parse(overrides: Sequence[str]) -> list[Override]:
     return OverridesParser.create().parse_overrides(list(overrides))
 
 
+# The config groups a user picks an option of, and their options as shipped in conf/<group>/.
+GROUPS = ("model", "data", "loss", "optimizer", "loop", "device", "experiment")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, as shipped in conf/<group>/."""
+    from importlib.resources import files
+
+    return sorted(
+        p.name[: -len(".yaml")]
+        for p in (files("runner.conf") / group).iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def check_group_choices(overrides: list) -> None:
+    """Refuses `group=value` overrides whose value is no option of the group (Hydra's own errors
+    for, say, `data=0` do not say which group or what is allowed), naming the nearest option.
+    `overrides` are the command line's, as text or parsed (`parse`). Sweeps are left to Hydra."""
+    if any(isinstance(o, str) for o in overrides):
+        overrides = parse(overrides)
+    for override in overrides:
+        group = override.key_or_group
+        if group not in GROUPS or override.is_sweep_override() or override.is_delete():
+            continue
+        value = override.value()
+        options = group_options(group)
+        if not (isinstance(value, str) and value in options) and not (
+            group == "experiment" and value is None
+        ):
+            near = did_you_mean(value, options) if isinstance(value, str) else ""
+            raise ConfigError(group, value, f"one of {', '.join(options)}{near}")
+
+
 def check_command_line(argv: Sequence[str]) -> tuple[list[Override], bool]:
     """The overrides of `runner ARGS...` (argv less the program name) and whether it is a
     multirun, once every check below passed; ConfigError for the first that does not."""
     from hydra._internal.utils import get_args_parser
-
-    from runner.schema import check_group_choices
 
     args = get_args_parser().parse_args(list(argv))
     check_inline_sizes(args.overrides)
@@ -128,8 +160,6 @@ def swept_keys(overrides: Sequence[Override]) -> list[str]:
 
 def _sweep_size(override: Override) -> int:
     from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
-
-    from runner.schema import GROUPS, group_options
 
     sweep = override.value()
     if isinstance(sweep, ChoiceSweep):

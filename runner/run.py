@@ -1,6 +1,6 @@
 """The training driver: builds everything from the config, drives the loop, feeds the sinks,
 sums up. `run(cfg)` trains one run; `run_jobs` trains K jobs that differ only in their learning
-rate as one batched problem (the vectorized launcher). A single run is a sweep of one: the same
+rate side by side (the vectorized launcher). A single run is a sweep of one: the same
 code drives both, so signals, the flush timer, the progress bar, checkpoints and resume exist
 once.
 
@@ -24,7 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint
-from runner.build import build_parts, loop_class
+from runner.build import build_optimizer, build_parts, loop_class
 from runner.data import BatchSchedule
 from runner.device import resolve_device
 from runner.errors import ConfigError
@@ -108,7 +108,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     log: LogConf = OmegaConf.to_object(cfg.log)
     device = resolve_device(cfg.device.name.value, loop_name)
     # Data and model come before the loop class: bad input is reported before torch loads.
-    problem = build_problem(cfg, train, device, [float(job.cfg.optimizer.lr) for job in jobs])
+    rules = [build_optimizer(job.cfg.optimizer) for job in jobs]  # each job's, checked
+    problem = build_problem(cfg, train, device, rules)
     loop_cls = loop_class(cfg.loop)
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
 
@@ -479,11 +480,12 @@ def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> No
 
 
 def build_problem(
-    cfg: DictConfig, train: TrainConf, device: str, lrs: Sequence[float] | None = None
+    cfg: DictConfig, train: TrainConf, device: str, rules: Sequence[Any] | None = None
 ) -> Problem:
     """The loops' Problem: data and initial weights from the config, in the run's dtype, for
-    jobs at rates `lrs` (default: the config's one rate)."""
-    parts = build_parts(cfg)
+    jobs with update rules `rules` that differ only in their rates (default: the config's)."""
+    parts = build_parts(cfg, rules[0] if rules else None)
+    rules = rules or [parts["optimizer"]]
     data, model = parts["data"], parts["model"]
     dtype = train.dtype.value
     with np.errstate(over="ignore"):
@@ -514,7 +516,7 @@ def build_problem(
         batches=BatchSchedule(len(data.y), train.batch_size, train.seed),
         dtype=dtype,
         device=device,
-        lrs=np.array([cfg.optimizer.lr] if lrs is None else lrs, dtype=np.float64),
+        lrs=np.array([float(rule.lr) for rule in rules], dtype=np.float64),
     )
 
 

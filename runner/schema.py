@@ -10,9 +10,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,10 +18,11 @@ from functools import partial
 from typing import Any, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from runner import optim_rules
-from runner.errors import ConfigError, UnknownKeyError, did_you_mean
+from runner.errors import ConfigError, UnknownKeyError
 
 
 class DType(Enum):
@@ -203,73 +202,13 @@ def register() -> None:
     if not OmegaConf.has_resolver("run_token"):
         OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN)
     if not OmegaConf.has_resolver("job_dirname"):
+        from runner.jobs import job_dirname
+
         OmegaConf.register_new_resolver("job_dirname", job_dirname)
-
-
-# The keys a sweep varies, as the command line gave them (see cli.main); job directories are named
-# after those alone. Passed by environment so that launchers' worker processes see it too.
-SWEPT_KEYS_ENV = "RUNNER_SWEPT_KEYS"
-
-
-# Bytes of a job directory's name past its number: file systems allow 255 in all.
-MAX_DIRNAME_BYTES = 200
-
-
-def job_dirname(num: int, overrides: list[str]) -> str:
-    """`<job number>_<swept key=value,...>`: readable run names in `tensorboard --logdir`.
-
-    A name too long for a directory (a swept list of many values) keeps its start and gains a
-    digest of the whole, so that it stays the same for the same values and differs otherwise."""
-    swept = os.environ.get(SWEPT_KEYS_ENV)
-    keys = set(swept.split(",")) if swept is not None else None
-    chosen = [o for o in overrides if keys is None or o.lstrip("+~").split("=")[0] in keys]
-    # a value may hold a path; a job directory must stay one directory
-    name = ",".join(chosen).replace("/", "%2F")
-    encoded = name.encode()
-    if len(encoded) > MAX_DIRNAME_BYTES:
-        digest = hashlib.sha256(encoded).hexdigest()[:12]
-        start = encoded[: MAX_DIRNAME_BYTES - len(digest) - 3].decode(errors="ignore")
-        name = f"{start}...{digest}"
-    return f"{num}_{name}" if name else str(num)
 
 
 # --- checks that types cannot express --------------------------------------------------------
 MAX_SYNTHETIC_VALUES = 10**8  # 800 MB of float64: far beyond what these models need
-
-GROUPS = ("model", "data", "loss", "optimizer", "loop", "device", "experiment")
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group, as shipped in conf/<group>/."""
-    from importlib.resources import files
-
-    return sorted(
-        p.name[: -len(".yaml")]
-        for p in (files("runner.conf") / group).iterdir()
-        if p.name.endswith(".yaml")
-    )
-
-
-def check_group_choices(overrides: list) -> None:
-    """Refuses `group=value` overrides whose value is no option of the group (Hydra's own errors
-    for, say, `data=0` do not say which group or what is allowed), naming the nearest option.
-    `overrides` are the command line's, as text or parsed (runner.overrides.parse). Sweeps are
-    left to Hydra."""
-    from runner.overrides import parse
-
-    if any(isinstance(o, str) for o in overrides):
-        overrides = parse(overrides)
-    for override in overrides:
-        group = override.key_or_group
-        if group not in GROUPS or override.is_sweep_override() or override.is_delete():
-            continue
-        value = override.value()
-        options = group_options(group)
-        if not (isinstance(value, str) and value in options) and not (
-            group == "experiment" and value is None
-        ):
-            near = did_you_mean(value, options) if isinstance(value, str) else ""
-            raise ConfigError(group, value, f"one of {', '.join(options)}{near}")
 
 
 def check_known_keys(node: DictConfig, prefix: str = "") -> None:
@@ -341,13 +280,12 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     if "delta" in cfg.loss and not cfg.loss.delta > 0:
         raise ConfigError("loss.delta", cfg.loss.delta, "a number > 0 (Huber's threshold)")
 
-    rule = _optimizer_rule(cfg)
-    for key, value, allowed in rule.check():
-        raise ConfigError(f"optimizer.{key}", value, allowed)
+    # The optimizer's own ranges are checked where it is built (runner.build.build_optimizer).
+    rule = get_class(cfg.optimizer._target_)
     if not rule.manual and loop_name != "optim":
         raise ConfigError(
             "optimizer",
-            type(rule).__name__.lower(),
+            rule.__name__.lower(),
             f"with loop=optim only (it needs torch.optim's closure); loop={loop_name} was given",
         )
 
@@ -365,13 +303,6 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
             )
         if not data.noise >= 0:
             raise ConfigError("data.noise", data.noise, "a standard deviation >= 0")
-
-
-def _optimizer_rule(cfg: DictConfig):
-    # Built here only to ask it for its own range checks; run() builds the one it trains with.
-    from runner.build import build_optimizer
-
-    return build_optimizer(cfg.optimizer)
 
 
 def _at_least(value: int, low: int, key: str, allowed: str | None = None) -> None:

@@ -6,7 +6,7 @@ Events are TensorBoard's own protos (``tensorboard.compat.proto``) framed as TFR
 TensorBoard's own ``EventFileWriter`` builds and frames each event one by one (~150 us each);
 this one takes ~1-4 us. Scalar and histogram events are not built as proto objects: every such
 event for one tag set has the same bytes except the step, the wall time and a fixed number of
-floats, so rows are buffered in numpy arrays and a whole batch is encoded at flush time from a
+floats, so rows are buffered in numpy arrays and a whole block is encoded at flush time from a
 byte template, then each record gets its CRC-32C from one call of ``google_crc32c`` (C).
 Rarer events (text, hparams) go through the protobuf classes.
 
@@ -134,7 +134,7 @@ def _histogram_tail(tag: str, buckets: int) -> _Layout:
     return _event_tail(_cat(_tag(tag), _field(0x2A, histo)))
 
 
-class _Batch:
+class _EventBlock:
     """Pending events sharing one byte template: only step, wall time and a fixed-size numeric
     payload (float32 scalars or float64 histogram fields) differ from one row to the next.
 
@@ -266,8 +266,8 @@ class EventWriter:
                 continue
         self.path = path
         # Batches by tag tuple (scalars) or (tag, buckets) (histograms); the queue keeps call
-        # order: [batch, rows] runs and [None, record bytes] items.
-        self._batches: dict[object, _Batch] = {}
+        # order: [block, rows] runs and [None, record bytes] items.
+        self._blocks: dict[object, _EventBlock] = {}
         self._queue: list[list] = []
         self._hparams_started = False
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
@@ -275,21 +275,21 @@ class EventWriter:
 
     # -- scalars ------------------------------------------------------------------------------
 
-    def _scalar_batch(self, tags: Sequence[str]) -> _Batch:
+    def _scalar_block(self, tags: Sequence[str]) -> _EventBlock:
         key = tuple(tags)
-        batch = self._batches.get(key)
-        if batch is None:
+        block = self._blocks.get(key)
+        if block is None:
             if len(set(key)) != len(key) or not key:
                 raise ValueError(f"tags must be distinct and non-empty: {key!r}")
-            batch = self._batches[key] = _Batch(_scalars_tail(key), len(key), "f4")
-        return batch
+            block = self._blocks[key] = _EventBlock(_scalars_tail(key), len(key), "f4")
+        return block
 
-    def _enqueue(self, batch: _Batch, rows: int) -> None:
+    def _enqueue(self, block: _EventBlock, rows: int) -> None:
         q = self._queue
-        if q and q[-1][0] is batch:
+        if q and q[-1][0] is block:
             q[-1][1] += rows
         else:
-            q.append([batch, rows])
+            q.append([block, rows])
 
     def add_scalars(self, step: int, tags: Sequence[str], values: Sequence[float]) -> None:
         """One event at `step` holding one simple_value (float32) per tag."""
@@ -299,20 +299,20 @@ class EventWriter:
         """Values has shape (K, len(tags)); one event per row, in row order, all at the current
         wall time. The values are copied, so arrays may be updated in place afterwards."""
         self._check_open()
-        batch = self._scalar_batch(tags)
+        block = self._scalar_block(tags)
         steps = np.asarray(steps)
         values = np.asarray(values)
         k = len(steps)
-        if steps.shape != (k,) or values.shape != (k, batch.width):
+        if steps.shape != (k,) or values.shape != (k, block.width):
             raise ValueError(
-                f"need steps (K,) and values (K, {batch.width}); "
+                f"need steps (K,) and values (K, {block.width}); "
                 f"got {steps.shape} and {values.shape}"
             )
         if k and not np.issubdtype(steps.dtype, np.integer):
             raise TypeError(f"steps must be integers, got {steps.dtype}")
         if k:
-            batch.extend(steps, time.time(), values)
-            self._enqueue(batch, k)
+            block.extend(steps, time.time(), values)
+            self._enqueue(block, k)
 
     # -- histograms ---------------------------------------------------------------------------
 
@@ -352,9 +352,9 @@ class EventWriter:
         np.minimum(idx, buckets - 1, out=idx)
         idx += np.arange(0, k * buckets, buckets)[:, None]  # row i counts into its own range
         payload[:, 5 + buckets :] = np.bincount(idx.ravel(), minlength=k * buckets).reshape(k, -1)
-        batch = self._histogram_batch(tag, buckets)
-        batch.extend(steps, wall, payload)
-        self._enqueue(batch, k)
+        block = self._histogram_block(tag, buckets)
+        block.extend(steps, wall, payload)
+        self._enqueue(block, k)
 
     def _add_histogram_row(self, tag: str, a: np.ndarray, step: np.integer, wall: float) -> None:
         """One row of add_histogram_rows (1-D float64 `a`) that the bulk path cannot take."""
@@ -379,17 +379,17 @@ class EventWriter:
             idx = ((a - lo) * scale).astype(np.intp)
             np.minimum(idx, buckets - 1, out=idx)  # the maximum belongs to the last bucket
             row[5 + buckets :] = np.bincount(idx, minlength=buckets)
-        batch = self._histogram_batch(tag, buckets)
-        batch.extend(np.array([step]), wall, row[None])
-        self._enqueue(batch, 1)
+        block = self._histogram_block(tag, buckets)
+        block.extend(np.array([step]), wall, row[None])
+        self._enqueue(block, 1)
 
-    def _histogram_batch(self, tag: str, buckets: int) -> _Batch:
-        batch = self._batches.get((tag, buckets))
-        if batch is None:
+    def _histogram_block(self, tag: str, buckets: int) -> _EventBlock:
+        block = self._blocks.get((tag, buckets))
+        if block is None:
             finish = None if buckets == 1 else _bucket_limits
-            batch = _Batch(_histogram_tail(tag, buckets), 5 + 2 * buckets, "f8", finish)
-            self._batches[tag, buckets] = batch
-        return batch
+            block = _EventBlock(_histogram_tail(tag, buckets), 5 + 2 * buckets, "f8", finish)
+            self._blocks[tag, buckets] = block
+        return block
 
     # -- text and hparams (rare: plain protobuf) -------------------------------------------------
 
@@ -507,18 +507,18 @@ class EventWriter:
             return
         queue, self._queue = self._queue, []
         encoded: dict[int, tuple[memoryview, np.ndarray]] = {}
-        for batch, _ in queue:
-            if batch is not None and id(batch) not in encoded:
-                encoded[id(batch)] = batch.drain()
+        for block, _ in queue:
+            if block is not None and id(block) not in encoded:
+                encoded[id(block)] = block.drain()
         used: dict[int, int] = {}
         parts = []
-        for batch, item in queue:
-            if batch is None:
+        for block, item in queue:
+            if block is None:
                 parts.append(item)
                 continue
-            data, offsets = encoded[id(batch)]
-            first = used.get(id(batch), 0)
-            used[id(batch)] = first + item
+            data, offsets = encoded[id(block)]
+            first = used.get(id(block), 0)
+            used[id(block)] = first + item
             parts.append(data[offsets[first] : offsets[first + item]])
         self._write(parts[0] if len(parts) == 1 else b"".join(parts))
 

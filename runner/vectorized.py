@@ -1,8 +1,8 @@
-"""Learning-rate sweeps trained as one batched problem (`hydra/launcher=vectorized`).
+"""Learning-rate sweeps trained side by side as one problem (`hydra/launcher=vectorized`).
 
 When the jobs of a sweep differ only in `optimizer.lr` (any loop; any optimizer but LBFGS), every
 job starts from the same parameters and sees the same batches; only the rate differs. This module
-only decides whether a sweep batches and prepares the K job directories as Hydra's basic launcher
+only decides whether a sweep vectorizes and prepares the K job directories as Hydra's basic launcher
 would; the training is `runner.run.run_jobs`, the driver of every run, with K jobs. Any other
 sweep runs job by job, as Hydra's basic launcher runs it.
 """
@@ -30,19 +30,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
-# The keys a batched sweep may vary; the rules take an array for them.
-BATCHED_KEYS = ("optimizer.lr",)
-BATCHED_LOOPS = ("numpy", "autograd", "optim")
+# The keys a vectorized sweep may vary: the loops take one value per job for them.
+PER_JOB_KEYS = ("optimizer.lr",)
+VECTORIZED_LOOPS = ("numpy", "autograd", "optim")
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-    """The Launcher.launch of `launcher` (a configured VectorizedLauncher): one batched problem
+    """The Launcher.launch of `launcher` (a configured VectorizedLauncher): all jobs side by side
     when the sweep allows it, else the basic launcher's job-by-job run."""
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    configs, reason = _batch_configs(launcher, job_overrides, initial_job_idx)
+    configs, reason = _vectorized_configs(launcher, job_overrides, initial_job_idx)
     if configs is None:
         print(f"vectorized launcher: {reason}; running jobs one by one", flush=True)
         # The check the runner sweeper left to this launcher: every job composes, before any runs.
@@ -57,20 +57,20 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             config=config,
         )
         return basic.launch(job_overrides, initial_job_idx)
-    log.info(f"Launching {len(configs)} jobs as one batched problem")
+    log.info(f"Launching {len(configs)} jobs side by side")
     hydra_cfg = HydraConfig.instance().cfg
     try:
-        return _BatchedSweep(launcher, configs).run()
+        return _VectorizedSweep(launcher, configs).run()
     finally:
         HydraConfig.instance().cfg = hydra_cfg
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
 
 
-# --- which sweeps batch ------------------------------------------------------------------------
-def _batch_configs(
+# --- which sweeps vectorize -----------------------------------------------------------------------
+def _vectorized_configs(
     launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> tuple[list[DictConfig] | None, str]:
-    """Every job's full config (with `hydra`), or None and why the sweep cannot be batched;
+    """Every job's full config (with `hydra`), or None and why its jobs cannot train side by side;
     raises as Hydra's composition does when a job's overrides do not compose.
 
     Job 0's config is composed as the basic launcher composes it; the others are job 0's with
@@ -90,15 +90,15 @@ def _batch_configs(
         for o, first in zip(job, parsed[0], strict=True)
         if j and o.value() != first.value()
     }
-    if not varied <= set(BATCHED_KEYS):
-        others = ", ".join(sorted(varied - set(BATCHED_KEYS)))
-        return None, f"the sweep varies {others} (only {', '.join(BATCHED_KEYS)} batches)"
+    if not varied <= set(PER_JOB_KEYS):
+        others = ", ".join(sorted(varied - set(PER_JOB_KEYS)))
+        return None, f"the sweep varies {others} (only {', '.join(PER_JOB_KEYS)} may vary)"
 
     loader = launcher.hydra_context.config_loader
     first = _compose(loader, launcher.config, job_overrides[0], initial_job_idx)
     loop_name = first.loop.name
-    if loop_name not in BATCHED_LOOPS:
-        return None, f"loop={loop_name} (only {' and '.join(BATCHED_LOOPS)} batch)"
+    if loop_name not in VECTORIZED_LOOPS:
+        return None, f"loop={loop_name} (only {' and '.join(VECTORIZED_LOOPS)} vectorize)"
     from hydra.utils import get_class
 
     rule = get_class(first.optimizer._target_)
@@ -117,12 +117,14 @@ def _batch_configs(
     check = _compose(loader, launcher.config, job_overrides[1], initial_job_idx + 1)
     if _container(check) != _container(configs[1]):
         return None, "the jobs' configs differ in more than the swept rate"
+    from runner.build import build_optimizer
     from runner.errors import describe_error
     from runner.schema import validate
 
     for j, cfg in enumerate(configs):
         try:
             validate(cfg, loop_name)
+            build_optimizer(cfg.optimizer)
         except Exception as err:
             return None, f"job {initial_job_idx + j}: {describe_error(err)[0]}"
     return configs, ""
@@ -145,7 +147,7 @@ def _derive(
     OmegaConf.copy_cache(from_config=master, to_config=cfg)
     with read_write(cfg), open_dict(cfg):
         for override in parsed:
-            if override.key_or_group in BATCHED_KEYS:
+            if override.key_or_group in PER_JOB_KEYS:
                 OmegaConf.update(cfg, override.key_or_group, override.value())
         cfg.hydra.overrides.task = list(overrides)
         dirname = cfg.hydra.job.config.override_dirname
@@ -164,17 +166,17 @@ def _container(cfg: DictConfig) -> Any:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-# --- the sweep: every job's outputs, from one batched training ---------------------------------
-class _BatchedSweep:
+# --- the sweep: every job's outputs, trained side by side ---------------------------------
+class _VectorizedSweep:
     def __init__(self, launcher: Any, configs: list[DictConfig]) -> None:
         self.launcher = launcher
         self.configs = configs
 
     def run(self) -> list[JobReturn]:
-        from runner.cli import final_line, report_failed_job, sweeper_value
-        from runner.run import Job, MixedResumeSteps, run_jobs
+        from runner.jobs import final_line, report_failed_job, sweeper_value
+        from runner.run import Finished, Job, MixedResumeSteps, run_jobs
 
-        # Every job's task config is job 0's but for the batched keys: copied from one template
+        # Every job's task config is job 0's but for the per-job keys: copied from one template
         # without `hydra`, rather than from each job's whole config (a third of a job's set-up).
         task_template = copy.deepcopy(self.configs[0])
         with read_write(task_template), open_dict(task_template):
@@ -189,11 +191,12 @@ class _BatchedSweep:
             results = [run_jobs([job])[0] for job in jobs]
         returns = []
         for job, result in zip(started, results, strict=True):
-            if result.error is not None:  # as runner.cli reports a job that raised
-                report_failed_job(result.error, job["dir"], multirun=True)
+            if result.error is not None:  # as the CLI reports a job that raised
+                report_failed_job(result.error, job["dir"], in_sweep=True)
                 returns.append(self._end_job(job, None))
                 continue
-            print(final_line(result.summary, job["dir"], max_elements), flush=True)
+            finished = isinstance(result.summary, Finished)
+            print(final_line(result.summary, job["dir"], max_elements, finished), flush=True)
             returns.append(self._end_job(job, sweeper_value(result.summary)))
         return returns
 
@@ -213,7 +216,7 @@ class _BatchedSweep:
         hydra_config.set_config(cfg)
         task_cfg = copy.deepcopy(task_template)
         with read_write(task_cfg):
-            for key in BATCHED_KEYS:
+            for key in PER_JOB_KEYS:
                 OmegaConf.update(task_cfg, key, OmegaConf.select(cfg, key))
         ret = JobReturn()
         ret.cfg = task_cfg

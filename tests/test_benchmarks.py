@@ -34,6 +34,8 @@ MEASURED = {
     "startup/optim_vs_bare_optim_script": None,
     "sweep/basic_launcher_3": None,
     "sweep/vectorized_3": 2.0,
+    "sweep/linear_numpy_vectorized_3": 2.0,
+    "sweep/linear_optim_vectorized_3": 4.0,
 }
 
 

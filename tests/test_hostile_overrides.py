@@ -12,10 +12,9 @@ import time
 import pytest
 
 from runner.build import build_parts
-from runner.callbacks import first_exit_code
 from runner.errors import ConfigError, describe_error
+from runner.jobs import SWEPT_KEYS_ENV, first_exit_code, job_dirname
 from runner.overrides import MAX_INLINE_VALUES, MAX_JOBS, check_command_line
-from runner.schema import SWEPT_KEYS_ENV, job_dirname
 from tests.helpers import compose_config, run_cli
 
 RESERVED = [

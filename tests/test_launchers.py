@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
-from runner.schema import SWEPT_KEYS_ENV
 from tests.helpers import compose_config, run_cli
 
 pytestmark = pytest.mark.slow

@@ -225,7 +225,7 @@ def test_accelerator_runs_agree_with_the_cpu(runs, device):
 
 
 def test_the_final_line_shows_a_small_model_s_parameters(tmp_path):
-    from runner.cli import final_line
+    from runner.jobs import final_line
 
     params = {"weight": [[2.0, -1.5]], "bias": [None]}
     summary = {"status": "completed", "steps_completed": 100, "final_loss": 8.98837e-13,
@@ -237,7 +237,7 @@ def test_the_final_line_shows_a_small_model_s_parameters(tmp_path):
 
 
 def test_the_final_line_shows_norms_of_a_large_model_s_parameters(tmp_path):
-    from runner.cli import final_line
+    from runner.jobs import final_line
 
     params = {"weight": [[0.03] * 1999 + [4.0]], "bias": [0.25]}  # 2,001 values
     summary = {"status": "completed", "steps_completed": 10, "final_loss": 0.5,

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from runner.errors import ConfigError
-from runner.run import run
+from runner.run import Finished, run
 from tests.helpers import run_cli, train
 
 OPTIMIZERS = {
@@ -400,13 +400,13 @@ def test_a_changed_group_is_named_by_its_choice(tmp_path):
 
 
 def test_resuming_a_finished_run_with_fewer_steps_changes_nothing(tmp_path):
-    from runner.cli import final_line
+    from runner.jobs import final_line
 
     summary, _ = train(tmp_path / "run", "train.steps=30", "train.checkpoint_every=7")
     before = _files(tmp_path / "run")
     again, _ = train(tmp_path / "run", "train.steps=12", "train.resume=true")
     assert again == summary and _files(tmp_path / "run") == before
-    line = final_line(again, tmp_path / "run")
+    line = final_line(again, tmp_path / "run", finished=isinstance(again, Finished))
     assert line.startswith("already completed: 30 steps, final loss ")
     assert line.endswith(f"-> {tmp_path / 'run'} (nothing to resume)")
 

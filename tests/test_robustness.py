@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runner.errors import describe_error
+from runner.overrides import check_group_choices
 from runner.run import run
-from runner.schema import check_group_choices
 from tests.helpers import compose_config, train
 
 SEEDED = [

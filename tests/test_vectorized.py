@@ -121,7 +121,7 @@ def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
         tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy,optim", *COMMON, "hydra/launcher=vectorized"
     )
     notes = [line for line in stdout.splitlines() if line.startswith("vectorized launcher:")]
-    assert notes == ["vectorized launcher: the sweep varies loop (only optimizer.lr batches); "
+    assert notes == ["vectorized launcher: the sweep varies loop (only optimizer.lr may vary); "
                      "running jobs one by one"]  # fmt: skip
     jobs = job_dirs(out)
     assert len(jobs) == 4
