@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +19,20 @@ PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadrati
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_runs_through_the_cli(tmp_path, preset):
-    result = run_cli(f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
+def test_every_preset_runs_through_the_cli(tmp_path, monkeypatch, capsys, preset):
+    code, stdout, stderr = cli_in_process(
+        f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", "log.progress=false",
+        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert code == 0, stderr
+    last = stdout.strip().splitlines()[-1]
     assert last.startswith("completed: ") and str(tmp_path / "run") in last
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert summary["status"] == "completed"
     assert summary["steps_completed"] == len(metrics) == metrics["step"].iloc[-1]
     assert summary["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
 
 
 def test_default_run_writes_a_unique_directory_under_outputs(tmp_path):
@@ -88,7 +91,8 @@ def test_user_csv_data(tmp_path):
 
 def test_multirun_names_job_directories_after_the_swept_values(tmp_path):
     result = run_cli(
-        "-m", "optimizer.lr=0.001,0.01", "train.steps=5", f"hydra.sweep.dir={tmp_path}/sweep",
+        "-m", "optimizer.lr=0.001,0.01", "train.steps=5", "loop=numpy",
+        f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -196,7 +200,7 @@ BAD = [
 @pytest.mark.parametrize(
     "args,message", BAD, ids=lambda v: " ".join(v)[:50] if isinstance(v, list) else ""
 )
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
     if any(a.startswith("device=cuda") for a in args):
         import torch
 
@@ -205,13 +209,22 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     (tmp_path / "words.csv").write_text("x,y\n1,2\nabc,3\n")
     (tmp_path / "nan.csv").write_text("x,y\n1,2\n,3\n")
     (tmp_path / "empty.csv").write_text("")
-    result = run_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"runner: error: {message}"] or (
-        len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
-    ), result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, stderr = cli_in_process(
+        *args, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 2
+    assert stderr.strip().splitlines() == [f"runner: error: {message}"] or (
+        len(stderr.strip().splitlines()) == 1 and message in stderr
+    ), stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "run").exists()  # nothing left for runner-report to call crashed
+
+
+@pytest.mark.parametrize("args", [["optimizer=adamx"], ["optimizer.lr=-1"], ["=5"]])
+def test_bad_input_exits_2_from_the_process_too(tmp_path, args):
+    result = run_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("runner: error: ") and not (tmp_path / "run").exists()
 
 
 def test_full_error_shows_the_traceback(tmp_path):

@@ -196,7 +196,7 @@ def outcome(tmp_path, overrides: list[str]) -> tuple[str, str]:
 # here, and no example database is needed); cases found once stay as explicit examples.
 FUZZ = settings(
     derandomize=True,
-    max_examples=60,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

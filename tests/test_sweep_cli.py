@@ -33,10 +33,11 @@ COLORS = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x2
 
 @pytest.fixture(scope="module")
 def lr_sweep(tmp_path_factory):
-    """`runner -m optimizer.lr=0.001,0.01,0.1,1.0 train.steps=200`: the sweep dir and result."""
+    """`runner -m optimizer.lr=0.001,0.01,0.1,1.0 train.steps=200 loop=numpy`: the sweep dir and
+    result."""
     root = tmp_path_factory.mktemp("lr_sweep")
     result = run_cli(
-        "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=200",
+        "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=200", "loop=numpy",
         f"hydra.sweep.dir={root}/sweep", cwd=root,
     )  # fmt: skip
     return root / "sweep", result

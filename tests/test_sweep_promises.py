@@ -91,26 +91,31 @@ def test_rows_reach_the_disk_within_flush_secs_while_the_sweep_runs(tmp_path, la
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
-@pytest.mark.parametrize("loop", ["numpy", "optim"])
+# (basic, optim) is the single runs' SIGKILL test in test_resume.py: a basic job is a single run
+@pytest.mark.parametrize(
+    "launcher,loop", [("basic", "numpy"), ("vectorized", "numpy"), ("vectorized", "optim")]
+)
 def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path, launcher, loop):
     # float32 and Adam: a job resumed apart from its batch would part from the batched numbers
+    # long enough to be killed mid-run, short enough to take a second
+    steps, every = (20000, 1000) if loop == "numpy" else (600, 50)
     args = [f"loop={loop}", "optimizer=adam", "model=linear", "data=synthetic",
-            "data.n_features=2", "train.batch_size=5", "train.steps=3000",
-            "train.checkpoint_every=100", "log.flush_secs=0.01",
+            "data.n_features=2", "train.batch_size=5", f"train.steps={steps}",
+            f"train.checkpoint_every={every}", "log.every_n_steps=10", "log.flush_secs=0.01",
             "log.tensorboard=false"]  # fmt: skip
     straight = run_cli("-m", RATES, *LAUNCHERS[launcher], *args,
                        f"hydra.sweep.dir={tmp_path / 'straight'}", cwd=tmp_path)  # fmt: skip
     assert straight.returncode == 0, straight.stderr
 
     proc = _start(tmp_path, launcher, *args)
-    ckpt = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "checkpoint"
+    job = tmp_path / "sweep" / "0_optimizer.lr=0.001"
     try:
-        _wait_for(lambda: ckpt.is_dir() and any(ckpt.iterdir()))
-        time.sleep(0.05)
+        _wait_for(lambda: (job / "checkpoint").is_dir() and any((job / "checkpoint").iterdir()))
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
+    killed = json.loads((job / "summary.json").read_text())
+    assert killed["status"] == "running"  # killed mid-run, not after the end
     resumed = run_cli("-m", RATES, *LAUNCHERS[launcher], *args, "train.resume=true",
                       f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr

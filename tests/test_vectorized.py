@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from runner.run import run
+from runner.run import Job, run, run_jobs
 from tests.helpers import REPO, compose_config, run_cli
 
 # 1e38 overflows float32 at once, whatever the optimizer: every sweep has a diverging job.
@@ -74,28 +74,22 @@ def assert_same_job(got: Path, want: Path) -> None:
         np.testing.assert_allclose(got, want, rtol=RTOL)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_batched_jobs_equal_runs_one_by_one(case, tmp_path):
-    args = (*CASES[case], *COMMON)
-    out, stdout = sweep(tmp_path, f"optimizer.lr={','.join(RATES)}", *args,
-                        "hydra/launcher=vectorized")  # fmt: skip
-    assert "vectorized launcher" not in stdout  # batched, no fallback
-    assert job_dirs(out) == JOBS
-    statuses = []
-    for job, lr in zip(JOBS, RATES, strict=True):
-        # what the basic launcher's job runs: run(cfg) with the overrides Hydra gave this job
-        overrides = list(OmegaConf.load(out / job / ".hydra" / "overrides.yaml"))
-        assert overrides[0] == f"optimizer.lr={lr}"
-        want = tmp_path / "basic" / job
-        run(compose_config("log.progress=false", *overrides), want, overrides)
-        assert_same_job(out / job, want)
-        saved = (out / job / ".hydra" / "config.yaml").read_text()
-        assert saved == OmegaConf.to_yaml(compose_config(*overrides))
-        statuses.append(json.loads((out / job / "summary.json").read_text())["status"])
-    assert statuses == ["completed"] * 3 + ["diverged"]
-    table = pd.read_csv(out / "summary.csv")
-    assert table["status"].tolist() == statuses
+def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
+    # What the vectorized launcher trains, in-process: run_jobs with one job per rate. Each
+    # job's outputs agree with those of its run alone to the dtype's tolerance.
+    args = ("log.progress=false", *CASES[case], *COMMON)
+    jobs = [
+        Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / job, (job,))
+        for job, lr in zip(JOBS, RATES, strict=True)
+    ]
+    results = run_jobs(jobs)
+    for job in jobs:
+        alone = tmp_path / "alone" / job.out_dir.name
+        run(job.cfg, alone, job.overrides)
+        assert_same_job(job.out_dir, alone)
+    assert [r.summary["status"] for r in results] == ["completed"] * 3 + ["diverged"]
+    assert all(r.error is None for r in results)
 
 
 @pytest.mark.slow
@@ -108,6 +102,9 @@ def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
     assert job_dirs(vec) == job_dirs(basic) == JOBS
     for job in JOBS:
         assert_same_job(vec / job, basic / job)
+        for name in ("config.yaml", "overrides.yaml"):
+            hydra_file = Path(".hydra") / name
+            assert (vec / job / hydra_file).read_text() == (basic / job / hydra_file).read_text()
         assert sorted(p.name for p in (vec / job).iterdir()) == sorted(
             p.name for p in (basic / job).iterdir()
         )
@@ -143,27 +140,21 @@ def test_lbfgs_runs_job_by_job(tmp_path):
     )
 
 
-@pytest.mark.slow
-def test_an_optim_job_whose_step_overflows_diverges_alone_as_under_the_basic_launcher(tmp_path):
+def test_an_optim_job_whose_step_overflows_diverges_alone_as_its_run_would(tmp_path):
     # torch.optim.Adam refuses a step size that overflows float32 (lr 1e38), where the manual
-    # rules reach inf: that job's run diverges at step 1 and the other jobs are not affected.
-    args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=optim", "optimizer=adam", *COMMON)
-    results = {}
-    for launcher in ("vectorized", "basic"):
-        root = tmp_path / launcher
-        root.mkdir()
-        out = root / "sweep"
-        extra = ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
-        result = run_cli(*args, *extra, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
-        results[launcher] = (out, result)
-    (vec, got), (basic, want) = results["vectorized"], results["basic"]
-    assert got.returncode == want.returncode == 0, got.stderr + want.stderr
-    assert "vectorized launcher" not in got.stdout  # batched
-    assert "diverged at step 1:" in got.stdout and "diverged at step 1:" in want.stdout
-    for job in JOBS:
-        assert_same_job(vec / job, basic / job)
-    status = [json.loads((vec / job / "summary.json").read_text())["status"] for job in JOBS]
-    assert status == ["completed"] * 3 + ["diverged"]
+    # rules reach inf: that job diverges at step 1, as its own run does, and the others go on.
+    args = ("log.progress=false", "loop=optim", "optimizer=adam", *COMMON)
+    jobs = [
+        Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / job, (job,))
+        for job, lr in zip(JOBS, RATES, strict=True)
+    ]
+    results = run_jobs(jobs)
+    assert [r.summary["status"] for r in results] == ["completed"] * 3 + ["diverged"]
+    assert results[-1].summary["diverged_at_step"] == 1 and results[-1].error is None
+    for job in jobs:
+        alone = tmp_path / "alone" / job.out_dir.name
+        run(job.cfg, alone, job.overrides)
+        assert_same_job(job.out_dir, alone)
 
 
 @pytest.mark.slow
@@ -197,7 +188,6 @@ def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_pat
     assert job_dirs(out) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "loop_args",
     [
@@ -207,18 +197,18 @@ def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_pat
     ],
     ids=lambda args: args[0],
 )
-def test_a_batched_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_path):
-    # 20 steps in the sweep, then the job's own run resumes from its checkpoint to 30: the same
+def test_a_side_by_side_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_path):
+    # 20 steps side by side, then job 1's own run resumes from its checkpoint to 30: the same
     # rows as one run of 30 steps from scratch (optimizer state included).
-    args = (*loop_args, "log.tensorboard=false", "train.checkpoint_every=10")
-    out, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.05", *args, "train.steps=20",
-                        "hydra/launcher=vectorized")  # fmt: skip
-    assert "vectorized launcher" not in stdout
-    job = out / "1_optimizer.lr=0.05"
-    overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-    resumed = run(compose_config("log.progress=false", *overrides, "train.steps=30",
-                                 "train.resume=true"), job, overrides)  # fmt: skip
+    args = ("log.progress=false", *loop_args, "log.tensorboard=false", "train.checkpoint_every=10")
+    jobs = [
+        Job(compose_config(*args, f"optimizer.lr={lr}", "train.steps=20"), tmp_path / str(j))
+        for j, lr in enumerate(("0.01", "0.05"))
+    ]
+    run_jobs(jobs)
+    resumed = run(compose_config(*args, "optimizer.lr=0.05", "train.steps=30",
+                                 "train.resume=true"), tmp_path / "1")  # fmt: skip
     assert resumed["status"] == "completed" and resumed["steps_completed"] == 30
     want = tmp_path / "want"
-    run(compose_config("log.progress=false", *overrides, "train.steps=30"), want, overrides)
-    assert_same_job(job, want)
+    run(compose_config(*args, "optimizer.lr=0.05", "train.steps=30"), want)
+    assert_same_job(tmp_path / "1", want)
