@@ -36,6 +36,11 @@ class SweepReport(Callback):
         _report(config)
 
 
+def sweep_under_way() -> str | None:
+    """The directory of the sweep this process has under way, if any."""
+    return _SWEEP_UNDER_WAY[-1] if _SWEEP_UNDER_WAY else None
+
+
 def report_interrupted_sweep() -> None:
     """The report of the jobs a sweep got to run, when Ctrl-C or SIGTERM ended it in this
     process (the runner calls this on KeyboardInterrupt); nothing when no sweep was under way.

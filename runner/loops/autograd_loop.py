@@ -21,20 +21,23 @@ class AutogradLoop:
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.data = TorchData(problem)
-        k = problem.jobs
-        # (K, *shape) leaves: every job starts from the same values
+        jobs = problem.jobs
+        # leaves of (K, *shape), or (*shape) for one job: every job starts from the same values
         self.params = {
-            n: self.data.tensor(np.repeat(np.asarray(v)[None], k, axis=0)).requires_grad_()
+            n: self.data.tensor(
+                v if jobs == 1 else np.repeat(np.asarray(v)[None], jobs, 0)
+            ).requires_grad_()
             for n, v in problem.init.items()
         }
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
         self.rule = for_jobs(problem.optimizer, problem.lrs, shapes)
         with torch.no_grad():
             self.opt_state = self.rule.init_state(self._values(), torch)
-        # Per-sample losses, averaged per job: (K,) losses whose sum has each job's own
-        # gradient in that job's row (the jobs share no parameter).
+        # One job: the loss as a run alone computes it. K jobs: per-sample losses averaged per
+        # job, (K,) losses whose sum has each job's own gradient in its row.
         self.loss_fn = problem.loss.torch_loss()
-        self.loss_fn.reduction = "none"
+        if jobs > 1:
+            self.loss_fn.reduction = "none"
 
     def _values(self) -> dict[str, torch.Tensor]:
         return {k: p.detach() for k, p in self.params.items()}
@@ -42,13 +45,18 @@ class AutogradLoop:
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         model, rule, data, loss_fn = self.problem.model, self.rule, self.data, self.loss_fn
         full_batch, lrs, jobs = data.batches.full_batch, self.problem.lrs, self.problem.jobs
-        x, y = model.inputs(data.x), data.y.expand(jobs, -1)  # (N, ...), (K, N)
+        x, y = model.inputs(data.x), data.y
         for step in range(first, last + 1):
             if not full_batch:
                 x, y = data.batch(step)
-                x, y = model.inputs(x), y.expand(jobs, -1)
-            loss = loss_fn(model.forward(self.params, x, torch), y).mean(dim=-1)  # (K,)
-            loss.sum().backward()
+                x = model.inputs(x)
+            pred = model.forward(self.params, x, torch)  # (K, N), or (N,) for one job
+            if jobs == 1:
+                loss = loss_fn(pred, y)
+                loss.backward()
+            else:
+                loss = loss_fn(pred, y.expand(jobs, -1)).mean(dim=-1)  # (K,)
+                loss.sum().backward()
             grads = {k: p.grad.clone() for k, p in self.params.items()}
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
@@ -61,14 +69,19 @@ class AutogradLoop:
 
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step."""
+        if self.problem.jobs == 1:
+            params = {k: p.detach().clone() for k, p in self.params.items()}
+            return {"params": params, "optimizer": self.opt_state}
         params = {k: p.detach()[job].clone() for k, p in self.params.items()}
-        return {
-            "params": params,
-            "optimizer": job_slice(self.opt_state, job, lambda a: a[job].clone()),
-        }
+        optimizer = job_slice(self.opt_state, job, lambda a: a[job].clone())
+        return {"params": params, "optimizer": optimizer}
 
     def load_state(self, job: int, state: dict) -> None:
+        one = self.problem.jobs == 1
         with torch.no_grad():
             for k, p in self.params.items():
-                p[job].copy_(state["params"][k])
-        self.opt_state = load_job_slice(self.opt_state, job, state["optimizer"], torch.clone)
+                (p if one else p[job]).copy_(state["params"][k])
+        if one:
+            self.opt_state = state["optimizer"]
+        else:
+            self.opt_state = load_job_slice(self.opt_state, job, state["optimizer"], torch.clone)

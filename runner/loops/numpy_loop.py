@@ -17,15 +17,16 @@ class NumpyLoop:
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
-        k, dtype = problem.jobs, problem.dtype
-        # (K, *shape): every job starts from the same values
+        jobs, dtype = problem.jobs, problem.dtype
+        # every job starts from the same values: (K, *shape), or (*shape) for one job
         self.params = {
-            n: np.repeat(np.asarray(v, dtype=dtype)[None], k, axis=0)
+            n: np.array(v, dtype=dtype)
+            if jobs == 1
+            else np.repeat(np.asarray(v, dtype)[None], jobs, 0)
             for n, v in problem.init.items()
         }
-        self.rule = for_jobs(
-            problem.optimizer, problem.lrs, {n: np.shape(v) for n, v in problem.init.items()}
-        )
+        shapes = {n: np.shape(v) for n, v in problem.init.items()}
+        self.rule = for_jobs(problem.optimizer, problem.lrs, shapes)
         self.opt_state = self.rule.init_state(self.params, np)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
@@ -37,7 +38,7 @@ class NumpyLoop:
             if not full_batch:
                 idx = batches.indices(step)
                 x, y = model.inputs(p.x[idx]), p.y[idx]
-            pred = model.forward(self.params, x, np)  # (K, N)
+            pred = model.forward(self.params, x, np)  # (K, N), or (N,) for one job
             loss, dpred = loss_fn.value_and_grad(pred, y)  # (K,), (K, N)
             # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
             # scalars never widen an array), which tests/test_gradients.py checks.
@@ -48,6 +49,8 @@ class NumpyLoop:
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step (arrays are never
         mutated, so views are safe)."""
+        if self.problem.jobs == 1:
+            return {"params": dict(self.params), "optimizer": self.opt_state}
         return {
             "params": {n: v[job] for n, v in self.params.items()},
             "optimizer": job_slice(self.opt_state, job, lambda a: a[job]),
@@ -55,6 +58,10 @@ class NumpyLoop:
 
     def load_state(self, job: int, state: dict) -> None:
         dtype = self.problem.dtype
+        if self.problem.jobs == 1:
+            self.params = {n: np.asarray(state["params"][n], dtype=dtype) for n in self.params}
+            self.opt_state = state["optimizer"]
+            return
         self.params = {n: v.copy() for n, v in self.params.items()}
         for n, v in self.params.items():
             v[job] = np.asarray(state["params"][n], dtype=dtype)

@@ -34,9 +34,8 @@ class OptimLoop:
         init = {k: self.data.tensor(v) for k, v in problem.init.items()}
         jobs = problem.jobs
         self.modules = [problem.model.module(init) for _ in range(jobs)]
-        if jobs == 1:
-            named = dict(self.modules[0].named_parameters())
-            self.stacked = {k: p.detach()[None] for k, p in named.items()}  # views, (1, *shape)
+        if jobs == 1:  # the module's own parameters: the job axis is left out
+            self.stacked = {k: p.detach() for k, p in self.modules[0].named_parameters()}
         else:
             self.stacked = {
                 k: torch.stack([p.detach() for p in ps]).requires_grad_()
@@ -88,7 +87,7 @@ class OptimLoop:
             grads = {k: p.grad for k, p in named.items()}
             self._step(0, step, optimizer, named)
             loss = loss.detach()
-        return loss[None], {k: g[None] for k, g in grads.items()}
+        return loss, grads
 
     def _step_many(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """K jobs: one forward of the module over every job's parameters, one backward, then
