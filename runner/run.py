@@ -94,10 +94,10 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     that diverges or whose step raises stops there while the others go on. With train.resume,
     a job already finished in its directory is left as it is, and the others continue from their
     checkpoints (which must be at one step) or from step 1; without it, a directory that
-    already holds a run is refused. SIGINT or SIGTERM stops every job
-    after the current step; once everything logged is on disk, checkpointed, and every summary
-    says `interrupted`, `Interrupted` (a KeyboardInterrupt) is raised. Any other error is
-    re-raised after the summaries say `failed`.
+    already holds a run is refused. SIGINT or SIGTERM stops every job after the current step;
+    once everything logged is on disk, checkpointed, and every summary says `interrupted`,
+    `Interrupted` (a KeyboardInterrupt) is raised. Any other error is re-raised after the
+    summaries say `failed`.
     """
     started = time.perf_counter()
     cfg = jobs[0].cfg
