@@ -7,6 +7,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -68,3 +69,45 @@ def cli_in_process(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str
     code = cli.cli()
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.05):
+    """Polls `check()` until it returns something truthy, for at most `timeout` seconds; an
+    OSError counts as not yet (a file or a server that is still to come)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except OSError as err:
+            last = err
+        time.sleep(every)
+    raise AssertionError(f"no {what} after {timeout} s (last: {last!r})")
+
+
+def run_on_a_terminal(argv: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
+    """Runs `argv` with a terminal (a pty of 24 x 100) as stdin, stdout and stderr; returns its
+    exit code and everything it drew there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # a new pty is 0x0; a real terminal has a size, and tqdm draws nothing in zero columns
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return proc.wait(timeout=timeout), output.decode(errors="replace")

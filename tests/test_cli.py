@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, cli_in_process, run_cli
+from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -233,34 +233,12 @@ def test_full_error_shows_the_traceback(tmp_path):
 
 
 def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
-    import fcntl
-    import os
-    import pty
     import shutil
-    import struct
-    import sys
-    import termios
 
     script = shutil.which("runner", path=os.path.dirname(sys.executable)) or "runner"
-    leader, follower = pty.openpty()
-    # a new pty is 0x0; a real terminal has a size, and tqdm draws nothing in zero columns
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [script, "train.steps=20000", "loop=numpy", "hydra.run.dir=run"],
-        cwd=tmp_path, stdin=follower, stdout=follower, stderr=follower,
-    )  # fmt: skip
-    os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert proc.wait(timeout=120) == 0, output
-    text = output.decode(errors="replace")
+    code, text = run_on_a_terminal([script, "train.steps=20000", "loop=numpy", "hydra.run.dir=run"],
+                                   tmp_path)  # fmt: skip
+    assert code == 0, text
     assert "step/s" in text and "/20000 [" in text and "loss=" in text  # the tqdm bar
     assert "completed: 20000 steps" in text
 
@@ -336,7 +314,6 @@ def test_a_sweep_directory_that_holds_runs_is_not_started_over(tmp_path):
 def test_an_interrupted_run_says_how_to_resume_it(tmp_path):
     import shlex
     import signal
-    import time
 
     args = ["train.steps=100000000", "loop=numpy", "data=points", "data.x=[1, 2]", "data.y=[2, 4]"]
     args.append("hydra.run.dir=run")
@@ -345,9 +322,7 @@ def test_an_interrupted_run_says_how_to_resume_it(tmp_path):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     csv = tmp_path / "run" / "metrics.csv"
-    deadline = time.monotonic() + 60
-    while not (csv.exists() and csv.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

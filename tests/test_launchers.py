@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
-from tests.helpers import compose_config, run_cli
+from tests.helpers import compose_config, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -232,12 +232,8 @@ def start_sweep(cwd: Path, *args: str) -> subprocess.Popen:
 
 def wait_for_rows(*jobs: Path, timeout: float = 120) -> None:
     """Until every job's metrics.csv holds a few rows (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(len(rows(job)) > 3 for job in jobs):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no rows in time from {[j.name for j in jobs]}")
+    names = [j.name for j in jobs]
+    wait_for(lambda: all(len(rows(job)) > 3 for job in jobs), timeout, f"rows from {names}", 0.2)
 
 
 def rows(job: Path) -> list[str]:

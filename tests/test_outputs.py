@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 
 LINEAR3 = ["model=linear", "data=synthetic", "data.n_features=3", "train.dtype=float64"]
 
@@ -154,9 +154,7 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     csv = tmp_path / "run" / "metrics.csv"
-    deadline = time.monotonic() + 60
-    while not (csv.exists() and csv.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")
     time.sleep(1.0)  # let it train for a while, with rows waiting in memory (flush_secs=1000)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)

@@ -19,7 +19,7 @@ import pytest
 
 from runner.errors import ConfigError
 from runner.run import Finished, run
-from tests.helpers import run_cli, train
+from tests.helpers import run_cli, train, wait_for
 
 OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true"],
@@ -165,9 +165,7 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, loop):
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ckpt = tmp_path / "killed" / "checkpoint"
-    deadline = time.monotonic() + 120
-    while not (ckpt.is_dir() and any(ckpt.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: any(ckpt.iterdir()), 120, "checkpoint", every=0.02)
     time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from matplotlib import image
 
 from runner.report import DPI, FIGSIZE, TOLERANCE
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -94,21 +93,6 @@ def get_json(url: str, body: dict | None = None):
         return json.load(response)
 
 
-def wait_for(check, timeout: float, what: str):
-    """Polls `check()` until it returns something truthy, for at most `timeout` seconds."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except OSError as err:  # not listening yet
-            last = err
-        time.sleep(0.25)
-    raise AssertionError(f"TensorBoard: no {what} after {timeout} s (last: {last!r})")
-
-
 def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_path):
     sweep, result = lr_sweep
     assert result.returncode == 0, result.stderr
@@ -122,7 +106,7 @@ def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_pat
         )  # fmt: skip
         try:
             runs = {f"{job}/tensorboard" for job in JOBS}
-            wait_for(lambda: set(get_json(f"{base}/runs")) == runs, 60, "runs")
+            wait_for(lambda: set(get_json(f"{base}/runs")) == runs, 60, "TensorBoard runs")
 
             tags = get_json(f"{base}/plugin/scalars/tags")
             for run in runs:
@@ -143,7 +127,7 @@ def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_pat
             groups = wait_for(
                 lambda: (r := get_json(url, request))["totalSize"] == 4 and r["sessionGroups"],
                 30,
-                "four sessions",
+                "four TensorBoard sessions",
             )
             sessions = {}
             for group in groups:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_on_a_terminal, wait_for
 
 LAUNCHERS = {"basic": [], "vectorized": ["hydra/launcher=vectorized"]}
 RATES = "optimizer.lr=0.001,0.002"
@@ -28,13 +28,6 @@ def _start(tmp_path: Path, launcher: str, *args: str) -> subprocess.Popen:
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _rows(csv: Path) -> int:
@@ -54,7 +47,7 @@ def test_a_signal_stops_the_sweep_with_every_logged_step_on_disk(tmp_path, launc
                   "log.flush_secs=0.2", "log.tensorboard=false")  # fmt: skip
     first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
     try:
-        _wait_for(lambda: _rows(first) > 100)
+        wait_for(lambda: _rows(first) > 100, 60, "rows")
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -83,7 +76,7 @@ def test_rows_reach_the_disk_within_flush_secs_while_the_sweep_runs(tmp_path, la
                   "log.tensorboard=false", "train.checkpoint_every=0")  # fmt: skip
     first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
     try:
-        _wait_for(lambda: _rows(first) > 0)
+        wait_for(lambda: _rows(first) > 0, 60, "rows")
         seen = _rows(first)
         time.sleep(1.5)  # three flush periods: more rows must have arrived meanwhile
         assert proc.poll() is None and _rows(first) > seen
@@ -113,7 +106,7 @@ def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path
     proc = _start(tmp_path, launcher, *args)
     job = tmp_path / "sweep" / "0_optimizer.lr=0.001"
     try:
-        _wait_for(lambda: (job / "checkpoint").is_dir() and any((job / "checkpoint").iterdir()))
+        wait_for(lambda: any((job / "checkpoint").iterdir()), 60, "checkpoint")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -132,30 +125,19 @@ def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_a_sweep_shows_a_progress_bar_on_a_terminal(tmp_path, launcher):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    # a new pty is 0x0; a real terminal has a size, and tqdm draws nothing in zero columns
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", RATES, *LAUNCHERS[launcher], "loop=numpy",
-         "train.steps=20000", "log.tensorboard=false", f"hydra.sweep.dir={tmp_path / 's'}"],
-        cwd=tmp_path, stdin=follower, stdout=follower, stderr=follower,
-    )  # fmt: skip
-    os.close(follower)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        output += chunk
-    assert proc.wait(timeout=120) == 0, output
-    text = output.decode(errors="replace")
+    argv = [
+        sys.executable,
+        "-m",
+        "runner",
+        "-m",
+        RATES,
+        *LAUNCHERS[launcher],
+        "loop=numpy",
+        "train.steps=20000",
+        "log.tensorboard=false",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+    ]
+    code, text = run_on_a_terminal(argv, tmp_path)
+    assert code == 0, text
     assert "step/s" in text and "/20000 [" in text and "loss=" in text  # the tqdm bar
     assert text.count("completed: 20000 steps") == 2
