@@ -1,6 +1,6 @@
 """Losses with mean reduction: the NumPy value and its analytic gradient side by side, and the
 torch.nn loss the torch loops use instead. `pred` and `y` are (N,); `pred` may also be (K, N),
-K models at once (runner.vectorized), giving K losses.
+K jobs side by side (runner.loops), giving K losses.
 
 Means are written as a sum over the last axis divided by its length: the same pairwise sum and
 the same division np.mean does, bit for bit, without its Python-level wrapper (which costs more

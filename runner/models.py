@@ -48,7 +48,7 @@ class ScalarModel:
 
     @staticmethod
     def forward(params: Mapping[str, Array], inputs: Array, xp: Any) -> Array:
-        w = params["weight"]  # () or, for K models at once (runner.vectorized), (K,)
+        w = params["weight"]  # () or, for K jobs side by side (runner.loops), (K,)
         return (w[..., None] if w.ndim else w) * inputs  # (N,) or (K, N)
 
     @staticmethod
@@ -86,7 +86,7 @@ class LinearModel:
         return x
 
     def forward(self, params: Mapping[str, Array], x: Array, xp: Any) -> Array:
-        # One model: weight (1, F), bias (1,). K models at once (runner.vectorized): a leading
+        # One model: weight (1, F), bias (1,). K jobs side by side (runner.loops): a leading
         # axis, weight (K, 1, F) and bias (K, 1), giving predictions (K, N).
         w = params["weight"][..., 0, :]  # (F,) or (K, F)
         pred = x @ w if w.ndim == 1 else w @ x.T  # (N,) or (K, N)

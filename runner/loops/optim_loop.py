@@ -38,10 +38,8 @@ class OptimLoop:
             self.stacked = {k: p.detach() for k, p in self.modules[0].named_parameters()}
         else:
             self.stacked = {
-                k: torch.stack([p.detach() for p in ps]).requires_grad_()
-                for k, ps in zip(
-                    init, zip(*(m.parameters() for m in self.modules), strict=True), strict=True
-                )
+                k: torch.stack([m.get_parameter(k).detach() for m in self.modules]).requires_grad_()
+                for k in init
             }
             for j, module in enumerate(self.modules):
                 for k, rows in self.stacked.items():
@@ -53,8 +51,15 @@ class OptimLoop:
             for m, lr in zip(self.modules, problem.lrs, strict=True)
         ]
         self.loss_fn = problem.loss.torch_loss()
-        self.per_sample_loss = problem.loss.torch_loss()
-        self.per_sample_loss.reduction = "none"
+        if jobs > 1:
+            from torch.func import functional_call, vmap
+
+            module = self.modules[0]
+            # the module's forward over every job's rows of the stacked parameters: (K, N, 1)
+            self.forward_jobs = vmap(lambda params, x: functional_call(module, params, (x,)),
+                                     in_dims=(0, None))  # fmt: skip
+            self.per_sample_loss = problem.loss.torch_loss()
+            self.per_sample_loss.reduction = "none"
         # LBFGS evaluates the loss several times per step, so it needs step(closure). Every
         # other optimizer would call the closure once, first thing: those run the plain loop.
         self.needs_closure = isinstance(self.optimizers[0], torch.optim.LBFGS)
@@ -92,12 +97,9 @@ class OptimLoop:
     def _step_many(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """K jobs: one forward of the module over every job's parameters, one backward, then
         every job's optimizer steps its rows."""
-        from torch.func import functional_call, vmap
-
-        module = self.modules[0]
         for rows in self.stacked.values():
             rows.grad = None
-        preds = vmap(lambda params: functional_call(module, params, (x,)))(self.stacked)
+        preds = self.forward_jobs(self.stacked, x)
         per_sample = self.per_sample_loss(preds, y.expand_as(preds))  # (K, N, 1)
         loss = per_sample.mean(dim=(1, 2))  # (K,): the sum's gradient is each job's own
         loss.sum().backward()
