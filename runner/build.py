@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError
 
@@ -42,6 +43,19 @@ def build_optimizer(node: DictConfig) -> Any:
     return rule
 
 
+# Keys every data source has that the runner applies itself, after loading (runner.data.hold_out).
+HELD_OUT_KEYS = ("val_fraction",)
+
+
+def _without(node: DictConfig, keys: tuple[str, ...]) -> DictConfig:
+    """A copy of `node` without `keys` (of the same schema, so instantiate still checks it)."""
+    node = copy.deepcopy(node)
+    with open_dict(node):
+        for key in keys:
+            node.pop(key, None)
+    return node
+
+
 def loop_class(node: DictConfig) -> type:
     """The loop class the config's loop group picks (built later, from a Problem)."""
     cls = get_class(node._target_)
@@ -54,7 +68,7 @@ def build_parts(cfg: DictConfig, optimizer: Any = None) -> dict[str, Any]:
     `optimizer` when the caller built it already)."""
     return {
         "model": instantiate(cfg.model),
-        "data": instantiate(cfg.data, _convert_="all"),
+        "data": instantiate(_without(cfg.data, HELD_OUT_KEYS), _convert_="all"),
         "loss": instantiate(cfg.loss),
         "optimizer": build_optimizer(cfg.optimizer) if optimizer is None else optimizer,
     }

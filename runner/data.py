@@ -7,6 +7,7 @@ same order, and a resumed run can pick up at any step without replaying a random
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -181,6 +182,25 @@ def _checked(
                 f"finite numbers; {name} has {array[tuple(index)]} at {where}",
             )
     return data
+
+
+def hold_out(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """(training rows, validation rows): ceil(fraction * N) rows drawn from default_rng(seed),
+    both parts in the data's own row order; no validation set when `fraction` is 0."""
+    n = len(data.y)
+    n_val = math.ceil(fraction * n)
+    if n_val == 0:
+        return data, None
+    if n_val >= n:
+        raise ConfigError(
+            "data.val_fraction",
+            fraction,
+            f"a fraction that leaves training rows: the data has {n} rows, {n_val} would be "
+            "held out",
+        )
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    return Dataset(data.x[~held], data.y[~held]), Dataset(data.x[held], data.y[held])
 
 
 @dataclass(frozen=True)

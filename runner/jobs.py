@@ -28,12 +28,19 @@ _FAILED: list[int] = []
 FAILED_JOB_FILE = "failed.json"
 
 
+# What the final line says of a run that stopped before train.steps (summary.json's stop_reason).
+_EARLY_STOP_WORDS = {"early_stop": "early stop", "target_loss": "target loss reached"}
+
+
 def final_line(summary: dict, out_dir: Path, max_values: int = 16, finished: bool = False) -> str:
     """The run's last word: status, loss, parameters, speed and where the outputs are. A run
     that resume found already finished (`finished`) says so instead of giving a speed."""
     status = summary["status"]
     if status == "diverged":
         status = f"diverged at step {summary['diverged_at_step']}"
+    why = _EARLY_STOP_WORDS.get(summary.get("stop_reason"))
+    if status == "completed" and why:
+        status = f"completed ({why} at step {summary['steps_completed']})"
     params = _params(summary["params"], max_values)
     loss = summary["final_loss"]
     result = (

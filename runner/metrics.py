@@ -69,6 +69,10 @@ class Layout:
             out[:, col] = np.linalg.norm(rows[:, start:stop], axis=1)
         return out
 
+    def row_index(self, name: str) -> int:
+        """Where the value `name` (`loss`, `lr`) sits in a host row."""
+        return {"loss": 0, "lr": 1}[name]
+
     def block(self, rows: np.ndarray, kind: str, name: str) -> np.ndarray:
         """(K, size) flattened values of parameter `name` (kind="param") or its gradient
         (kind="grad") in each of the (K, D) host rows."""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint
 from runner.build import build_optimizer, build_parts, loop_class
-from runner.data import BatchSchedule
+from runner.data import BatchSchedule, hold_out
 from runner.device import resolve_device
 from runner.errors import ConfigError
 from runner.loops import Problem
@@ -147,6 +147,9 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
         job_run.start(problem, loop_cls, device)
 
     every = train.checkpoint_every
+    # A run that may stop early moves each step to the host as it comes: a job then stops at
+    # that very step, with the loop's state still there for its last checkpoint.
+    chunk = 1 if watch_of(train, layout).stops else CHUNK
     # A finished step waits at most half of log.flush_secs to reach the host, and logged rows
     # at most the other half to reach the disk: on disk within log.flush_secs of their step.
     half = log.flush_secs / 2
@@ -168,7 +171,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
                     due = every > 0 and record.step % every == 0
                     last = record.step == train.steps or stop.signum is not None
                     now = time.monotonic()
-                    if not (len(pending) >= CHUNK or last or due or now - moved >= half):
+                    if not (len(pending) >= chunk or last or due or now - moved >= half):
                         continue
                     moved = now
                     rows = loop.to_host(pending)  # (K, T, D)
@@ -184,7 +187,11 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
                             live.remove(j)
                             continue
                         job_run.consume(rows[j])
-                        if job_run.tracker.diverged_at is not None:
+                        if job_run.tracker.stop_reason is not None:  # stopped early, at its step
+                            live.remove(j)
+                            if every > 0:
+                                job_run.save_checkpoint(loop.state(j))
+                        elif job_run.tracker.diverged_at is not None:
                             live.remove(j)
                         elif due:
                             job_run.save_checkpoint(loop.state(j))
@@ -200,13 +207,19 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
                         break
             for j in live:
                 job_run = runs[j]
-                job_run.summary["status"] = "completed" if stop.signum is None else "interrupted"
+                ended = "completed" if stop.signum is None else "interrupted"
+                job_run.summary.update(
+                    status=ended, stop_reason="steps" if stop.signum is None else ended
+                )
                 if every > 0 and job_run.tracker.steps_completed % every != 0:
                     # resume (or a longer train.steps) continues from here
                     job_run.save_checkpoint(loop.state(j))
             for job_run in runs:
-                if job_run.tracker.diverged_at is not None:
-                    job_run.summary["status"] = "diverged"
+                tracker = job_run.tracker
+                if tracker.diverged_at is not None:
+                    job_run.summary.update(status="diverged", stop_reason="diverged")
+                elif tracker.stop_reason is not None:
+                    job_run.summary.update(status="completed", stop_reason=tracker.stop_reason)
         except BaseException as err:
             # A second Ctrl-C or a crash: the steps that finished are still logged.
             interrupted = isinstance(err, KeyboardInterrupt)
@@ -217,7 +230,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
                     rows = loop.to_host(pending)
             for j in live:
                 job_run = runs[j]
-                job_run.summary["status"] = "interrupted" if interrupted else "failed"
+                ended = "interrupted" if interrupted else "failed"
+                job_run.summary.update(status=ended, stop_reason=ended)
                 next_step = job_run.tracker.steps_completed + 1
                 if rows is not None and pending[0].step == next_step:
                     with contextlib.suppress(Exception):
@@ -247,7 +261,10 @@ class _JobRun:
         self.checkpoint_dir = self.out_dir / "checkpoint"
         self.fingerprint = settings_fingerprint(job.cfg, problem, job.choices)
         self.layout = layout
-        self.tracker = Tracker(layout, train.steps, log.every_n_steps)
+        init = np.concatenate([np.ravel(v) for v in problem.init.values()]).astype(np.float64)
+        self.tracker = Tracker(
+            layout, train.steps, log.every_n_steps, init, watch_of(train, layout)
+        )
         self.sinks: list = []
         self.summary: dict[str, Any] = {}
         self.error: BaseException | None = None
@@ -283,7 +300,7 @@ class _JobRun:
         self.tracker.consume(rows, self.sinks)
 
     def fail(self, error: BaseException) -> None:
-        self.summary["status"] = "failed"
+        self.summary.update(status="failed", stop_reason="failed")
         self.error = error
 
     def flush(self) -> None:
@@ -360,7 +377,7 @@ def _close(sinks: list, summary: dict[str, Any], summary_path: Path) -> BaseExce
         except Exception as err:
             failures.append(err)
     if failures:
-        summary["status"] = "failed"
+        summary.update(status="failed", stop_reason="failed")
     try:
         write_summary(summary_path, summary)
     except Exception as err:
@@ -378,11 +395,13 @@ def initial_summary(
     """summary.json as a run starts (status `running`), carrying what a resume restored."""
     summary: dict[str, Any] = {
         "status": "running",
+        "stop_reason": None,
         "steps_completed": 0,
         "final_loss": None,
         "best_loss": None,
         "params": {k: v.tolist() for k, v in problem.init.items()},
         "diverged_at_step": None,
+        "best_step": None,
         "wall_s": 0.0,
         "steps_per_s": 0.0,
         "loop": loop,
@@ -415,7 +434,9 @@ def _finished(summary_path: Path, steps: int) -> Finished | None:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         return None
-    done = summary.get("status") == "completed" and summary.get("steps_completed", 0) >= steps
+    done = summary.get("status") == "completed" and (
+        summary.get("steps_completed", 0) >= steps or summary.get("stop_reason") in EARLY_STOPS
+    )
     return Finished(summary) if done or summary.get("status") == "diverged" else None
 
 
@@ -486,11 +507,15 @@ def build_problem(
     jobs with update rules `rules` that differ only in their rates (default: the config's)."""
     parts = build_parts(cfg, rules[0] if rules else None)
     rules = rules or [parts["optimizer"]]
-    data, model = parts["data"], parts["model"]
+    model = parts["model"]
+    data, held_out = hold_out(
+        parts["data"], cfg.data.val_fraction, cfg.data.get("seed", train.seed)
+    )
     dtype = train.dtype.value
     with np.errstate(over="ignore"):
         x, y = data.x.astype(dtype), data.y.astype(dtype)
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        val = None if held_out is None else (held_out.x.astype(dtype), held_out.y.astype(dtype))
+    if not all(np.isfinite(a).all() for a in (x, y, *(val or ()))):
         raise ConfigError(
             "train.dtype",
             dtype,
@@ -517,25 +542,77 @@ def build_problem(
         dtype=dtype,
         device=device,
         lrs=np.array([float(rule.lr) for rule in rules], dtype=np.float64),
+        val_x=None if val is None else val[0],
+        val_y=None if val is None else val[1],
+    )
+
+
+# How a run that stopped before train.steps can have completed: it is over, and resume leaves it.
+EARLY_STOPS = ("early_stop", "target_loss")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What the tracker watches in each job's rows: the monitored value (`name`) at its column
+    in the host row, and when it stops the run."""
+
+    name: str = "loss"  # train.early_stop.monitor
+    column: int = 0
+    patience: int | None = None  # steps without an improvement of more than min_delta
+    min_delta: float = 0.0
+    target: float | None = None  # stop once the monitored value is at or below it
+
+    @property
+    def stops(self) -> bool:
+        return self.patience is not None or self.target is not None
+
+
+def watch_of(train: TrainConf, layout: Layout) -> Watch:
+    """What the tracker watches, as train.early_stop and train.target_loss say."""
+    early = train.early_stop
+    return Watch(
+        name=early.monitor,
+        column=layout.row_index(early.monitor),
+        patience=early.patience,
+        min_delta=early.min_delta,
+        target=train.target_loss,
     )
 
 
 class Tracker:
-    """Follows the host rows: divergence, best and last values, and which steps get logged."""
+    """Follows the host rows: divergence, best and last values, the monitored value and when it
+    stops the run, and which steps get logged.
 
-    def __init__(self, layout: Layout, last_step: int, every: int) -> None:
-        self.layout, self.last_step, self.every = layout, last_step, every
+    The best step is the last one whose monitored value improved on the best before it by more
+    than `min_delta` (as Keras' EarlyStopping counts); its parameters are those the value was
+    measured at: the parameters before that step's update.
+    """
+
+    def __init__(
+        self, layout: Layout, last_step: int, every: int, init: np.ndarray, watch: Watch
+    ) -> None:
+        self.layout, self.last_step, self.every, self.watch = layout, last_step, every, watch
+        self.init = init  # the initial parameters, flat, float64: before step 1's update
         self.diverged_at: int | None = None
+        self.stop_reason: str | None = None  # one of EARLY_STOPS, once the watch stops the run
         self.steps_completed = 0
         self.rows_logged = 0  # how many rows the sinks were given: a resume checks metrics.csv
         self.best_loss = math.inf
+        self.best_value = math.inf  # of the monitored value
+        self.best_step: int | None = None
+        self.best_params: np.ndarray | None = None  # flat, float64
+        self.wait = 0  # steps since the monitored value last improved
         self.last_row: np.ndarray | None = None
 
     def consume(self, rows: np.ndarray, sinks: list) -> None:
         steps = np.arange(self.steps_completed + 1, self.steps_completed + 1 + len(rows))
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        if bad.size:  # stop at the first non-finite loss, parameter or gradient
-            rows, steps = rows[: bad[0] + 1], steps[: bad[0] + 1]
+        first_bad = int(bad[0]) if bad.size else len(rows)
+        stop = self._watch(rows[: first_bad + 1], first_bad)
+        if stop is not None:
+            rows, steps = rows[: stop + 1], steps[: stop + 1]
+        elif bad.size:  # stop at the first non-finite loss, parameter or gradient
+            rows, steps = rows[: first_bad + 1], steps[: first_bad + 1]
             self.diverged_at = int(steps[-1])
         finite = rows[np.isfinite(rows[:, 0]), 0]
         if finite.size:
@@ -543,6 +620,8 @@ class Tracker:
         self.steps_completed = int(steps[-1])
         self.last_row = rows[-1]
         logged = (steps % self.every == 0) | (steps == self.last_step) | (steps == self.diverged_at)
+        if stop is not None:
+            logged[-1] = True  # the step a run stops at is always logged
         self.rows_logged += int(np.count_nonzero(logged))
         if sinks and logged.any():
             rows, steps = rows[logged], steps[logged]
@@ -550,13 +629,64 @@ class Tracker:
             for sink in sinks:
                 sink.write(steps, table, rows)
 
+    def _watch(self, rows: np.ndarray, checked: int) -> int | None:
+        """Follows the monitored value through `rows` (consecutive steps from the next one);
+        returns the index of the row whose step stops the run, among the first `checked` (the
+        rows before a divergence), and notes why in `stop_reason`."""
+        watch = self.watch
+        values = rows[:, watch.column]
+        index = np.arange(len(values))
+        if watch.min_delta == 0:
+            # An improvement is a value below every one before it (NaN never is): all at once.
+            before = np.minimum.accumulate(np.concatenate([[self.best_value], values]))[:-1]
+            improved = values < before
+            last = np.maximum.accumulate(np.where(improved, index, -1))
+            waits = np.where(last >= 0, index - last, self.wait + index + 1)
+        else:
+            improved = np.zeros(len(values), dtype=bool)
+            waits = np.empty(len(values), dtype=np.int64)
+            best, wait = self.best_value, self.wait
+            for i, value in enumerate(values.tolist()):
+                if value < best - watch.min_delta:
+                    best, wait, improved[i] = value, 0, True
+                else:
+                    wait += 1
+                waits[i] = wait
+        stop = None
+        if watch.stops and checked:
+            hits = np.zeros(checked, dtype=bool)
+            if watch.target is not None:
+                reached = values[:checked] <= watch.target
+                hits |= reached
+            if watch.patience is not None:
+                hits |= waits[:checked] >= watch.patience
+            if hits.any():
+                stop = int(np.flatnonzero(hits)[0])
+                target_hit = watch.target is not None and values[stop] <= watch.target
+                self.stop_reason = "target_loss" if target_hit else "early_stop"
+        end = len(values) if stop is None else stop + 1
+        improvements = np.flatnonzero(improved[:end])
+        if improvements.size:
+            i = int(improvements[-1])
+            self.best_value = float(values[i])
+            self.best_step = self.steps_completed + 1 + i
+            before = rows[i - 1] if i else self.last_row
+            n = self.layout.n_values
+            self.best_params = self.init if before is None else before[2 : 2 + n].copy()
+        self.wait = int(waits[end - 1])
+        return stop
+
     def state(self) -> dict[str, Any]:
         """JSON-able running values, for a checkpoint."""
         return {
             "steps_completed": self.steps_completed,
-            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_loss": _finite_or_none(self.best_loss),
             "last_row": None if self.last_row is None else self.last_row.tolist(),
             "rows_logged": self.rows_logged,
+            "best_value": _finite_or_none(self.best_value),
+            "best_step": self.best_step,
+            "best_params": None if self.best_params is None else self.best_params.tolist(),
+            "wait": self.wait,
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -566,18 +696,35 @@ class Tracker:
         row = state["last_row"]
         self.last_row = None if row is None else np.array(row, dtype=np.float64)
         self.rows_logged = int(state["rows_logged"])
+        value = state["best_value"]
+        self.best_value = math.inf if value is None else float(value)
+        self.best_step = state["best_step"]
+        params = state["best_params"]
+        self.best_params = None if params is None else np.array(params, dtype=np.float64)
+        self.wait = int(state["wait"])
 
     def results(self) -> dict[str, Any]:
         if self.last_row is None:
             return {"steps_completed": 0}
         params = self.layout.tensors(self.last_row, "param")
-        return {
+        results = {
             "steps_completed": self.steps_completed,
             "final_loss": float(self.last_row[0]),
-            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "best_loss": _finite_or_none(self.best_loss),
             "params": {k: v.tolist() for k, v in params.items()},
             "diverged_at_step": self.diverged_at,
+            "best_step": self.best_step,
         }
+        if self.watch.name != "loss":
+            results[f"best_{self.watch.name}"] = _finite_or_none(self.best_value)
+        if self.best_params is not None:
+            best = self.layout.tensors(np.concatenate([[0.0, 0.0], self.best_params]), "param")
+            results["best_params"] = {k: v.tolist() for k, v in best.items()}
+        return results
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def open_sinks(

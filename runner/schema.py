@@ -55,6 +55,7 @@ class LinearModelConf:
 @dataclass
 class SeedLineConf:
     _target_: str = "runner.data.seed_line"
+    val_fraction: float = 0.0  # rows held out for val_loss, drawn from train.seed
 
 
 @dataclass
@@ -62,6 +63,7 @@ class PointsConf:
     _target_: str = "runner.data.points"
     x: Any = MISSING  # a list of numbers (one feature) or a list of rows
     y: list[float] = MISSING
+    val_fraction: float = 0.0  # rows held out for val_loss, drawn from train.seed
 
 
 @dataclass
@@ -73,6 +75,7 @@ class SyntheticConf:
     bias: float = 0.5
     noise: float = 0.1  # standard deviation of the Gaussian noise added to y
     seed: int = II("train.seed")
+    val_fraction: float = 0.0  # rows held out for val_loss, drawn from data.seed
 
 
 @dataclass
@@ -81,6 +84,7 @@ class CsvConf:
     path: str = MISSING
     features: list[str] | None = None  # null: every column but the target
     target: str = MISSING
+    val_fraction: float = 0.0  # rows held out for val_loss, drawn from train.seed
 
 
 # --- loss ----------------------------------------------------------------------------------
@@ -140,7 +144,18 @@ class DeviceConf:
     name: DeviceName = DeviceName.cpu
 
 
+# What early stopping, the plateau schedule and the kept best parameters can watch.
+MONITORED = ("loss", "val_loss")
+
+
 # --- top level -----------------------------------------------------------------------------
+@dataclass
+class EarlyStopConf:
+    monitor: str = "loss"  # loss | val_loss: what early stopping, plateau and `best` watch
+    patience: int | None = None  # steps without improvement before stopping; null: off
+    min_delta: float = 0.0  # an improvement is a drop of more than this
+
+
 @dataclass
 class TrainConf:
     steps: int = 100  # optimizer updates; the default run takes about a second
@@ -149,6 +164,8 @@ class TrainConf:
     dtype: DType = DType.float32
     checkpoint_every: int = 1000  # steps between checkpoints; 0 turns them off
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)
+    target_loss: float | None = None  # stop once the monitored value is at or below it
 
 
 @dataclass
@@ -271,6 +288,29 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     if train.batch_size is not None:
         _at_least(
             train.batch_size, 1, "train.batch_size", "an integer >= 1, or null for full batch"
+        )
+    early_stop = train.early_stop
+    if early_stop.monitor not in MONITORED:
+        raise ConfigError("train.early_stop.monitor", early_stop.monitor, " or ".join(MONITORED))
+    if early_stop.monitor == "val_loss" and cfg.data.val_fraction > 0:
+        raise ConfigError(
+            "train.early_stop.monitor",
+            "val_loss",
+            "loss (runs do not evaluate val_loss yet: the held-out rows are only set apart)",
+        )
+    if early_stop.monitor == "val_loss" and not cfg.data.val_fraction > 0:
+        raise ConfigError(
+            "train.early_stop.monitor",
+            "val_loss",
+            "loss, or val_loss with held-out rows (set data.val_fraction, e.g. 0.2)",
+        )
+    if early_stop.patience is not None:
+        _at_least(early_stop.patience, 1, "train.early_stop.patience", "an integer >= 1, or null")
+    if not early_stop.min_delta >= 0:
+        raise ConfigError("train.early_stop.min_delta", early_stop.min_delta, "a number >= 0")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(
+            "data.val_fraction", cfg.data.val_fraction, "a fraction of the rows, 0 <= f < 1"
         )
     _at_least(log.every_n_steps, 1, "log.every_n_steps")
     _at_least(log.max_elements, 1, "log.max_elements")

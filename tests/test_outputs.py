@@ -112,10 +112,12 @@ def test_summary_json(runs, tmp_path):
     on_disk = json.loads((tmp_path / "run0" / "summary.json").read_text())
     assert on_disk == summary
     assert set(on_disk) == {
-        "status", "steps_completed", "final_loss", "best_loss", "params", "diverged_at_step",
-        "wall_s", "steps_per_s", "loop", "device", "overrides",
+        "status", "stop_reason", "steps_completed", "final_loss", "best_loss", "params",
+        "diverged_at_step", "best_step", "best_params", "wall_s", "steps_per_s", "loop", "device",
+        "overrides",
     }  # fmt: skip
     assert on_disk["status"] == "completed" and on_disk["steps_completed"] == 7
+    assert on_disk["stop_reason"] == "steps"
     assert on_disk["final_loss"] == pytest.approx(metrics["loss"].iloc[-1], rel=1e-6)
     assert on_disk["best_loss"] == pytest.approx(metrics["loss"].min(), rel=1e-6)
     assert on_disk["params"]["weight"] == pytest.approx(metrics["param/weight"].iloc[-1], rel=1e-6)

@@ -55,6 +55,8 @@ class Problem:
     dtype: str  # "float32" | "float64"
     device: str  # resolved: "cpu", "cuda", "mps"
     lrs: np.ndarray  # (K,) float64: each job's learning rate
+    val_x: np.ndarray | None = None  # held-out rows (data.val_fraction), like x and y
+    val_y: np.ndarray | None = None
 
     @property
     def jobs(self) -> int:
