@@ -47,12 +47,30 @@ def _lerp(start: Array, end: Array, weight: float) -> Array:
     return end - (end - start) * (1 - weight)
 
 
+def _pair_valid(pair: tuple, valid: Any) -> bool:
+    return len(pair) == 2 and bool(valid(*pair))
+
+
+def _betas_problem(betas: tuple) -> tuple[str, object, bool, str]:
+    valid = _pair_valid(betas, lambda b1, b2: 0 <= b1 < 1 and 0 <= b2 < 1)
+    return ("betas", list(betas), valid, "two numbers, each in [0, 1)")
+
+
 @dataclass(frozen=True)
 class _ManualRule:
     """Shared driver of the manual rules: subclasses say what state one parameter needs and how
-    one parameter takes one step."""
+    one parameter takes one step. Their fields are their torch.optim class's hyperparameters,
+    under the same names, `maximize` among them."""
 
     manual: ClassVar[bool] = True  # usable by the numpy and autograd loops
+
+    def __post_init__(self) -> None:
+        # Configs give pairs (betas) as lists; tuples keep the rule hashable and are what torch
+        # takes.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
 
     def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
@@ -68,7 +86,8 @@ class _ManualRule:
         """Pure function: returns (new_params, new_state); never mutates its inputs.
 
         Like torch.optim, a parameter whose gradient is missing or None is left as it is. Arrays
-        that a step leaves unchanged are shared between the old and new dicts, not copied.
+        that a step leaves unchanged are shared between the old and new dicts, not copied. With
+        `maximize`, every rule steps along the negated gradient, as torch's do.
         """
         new_params: dict[str, Array] = {}
         new_state: dict[str, dict] = {}
@@ -80,6 +99,8 @@ class _ManualRule:
             if grad is None:
                 new_params[name], new_state[name] = param, dict(old)
                 continue
+            if self.maximize:
+                grad = -grad
             step = int(old["step"]) + 1
             param, buffers = self._step(param, grad, step, old, xp)
             new_params[name] = asarray(param)
@@ -94,6 +115,15 @@ class _ManualRule:
     ) -> tuple[Array, dict[str, Array]]:
         raise NotImplementedError
 
+    def _torch_kwargs(self) -> dict[str, Any]:
+        # Every field under torch's own name, on torch's single-tensor path (foreach=False).
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # torch rejects a mix of int and float betas, which a YAML `[0, 0.999]` would give
+            kwargs[f.name] = tuple(float(v) for v in value) if isinstance(value, tuple) else value
+        return {**kwargs, "foreach": False}
+
 
 @dataclass(frozen=True)
 class SGD(_ManualRule):
@@ -104,6 +134,7 @@ class SGD(_ManualRule):
     dampening: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    maximize: bool = False
 
     def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
@@ -143,15 +174,7 @@ class SGD(_ManualRule):
         """Builds the equivalent torch.optim.SGD (single-tensor path, foreach=False)."""
         import torch
 
-        return torch.optim.SGD(
-            parameters,
-            lr=self.lr,
-            momentum=self.momentum,
-            dampening=self.dampening,
-            nesterov=self.nesterov,
-            weight_decay=self.weight_decay,
-            foreach=False,
-        )
+        return torch.optim.SGD(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -163,19 +186,15 @@ class _AdamFamily(_ManualRule):
     eps: float = 1e-8
     weight_decay: float = 0.0
     amsgrad: bool = False
+    maximize: bool = False
 
     decoupled_weight_decay: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        # Configs give betas as a list; a tuple keeps the rule hashable and torch-compatible.
-        object.__setattr__(self, "betas", tuple(self.betas))
-
     def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
-        betas_valid = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
         return _problems(
             ("lr", self.lr, self.lr > 0, "a number > 0"),
-            ("betas", list(self.betas), betas_valid, "two numbers, each in [0, 1)"),
+            _betas_problem(self.betas),
             ("eps", self.eps, self.eps >= 0, "a number >= 0"),
             ("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0"),
         )
@@ -209,17 +228,6 @@ class _AdamFamily(_ManualRule):
         # eps is added after the bias-corrected sqrt, as torch does, not inside it.
         denom = xp.sqrt(second_moment) / bias_correction2_sqrt + self.eps
         return param + (-step_size) * exp_avg / denom, buffers
-
-    def _torch_kwargs(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            # torch rejects a mix of int and float betas, which a YAML `[0, 0.999]` would give
-            "betas": tuple(float(b) for b in self.betas),
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "amsgrad": self.amsgrad,
-            "foreach": False,
-        }
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,7 @@ class RMSprop(_ManualRule):
     momentum: float = 0.0
     centered: bool = False
     weight_decay: float = 0.0
+    maximize: bool = False
 
     def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
@@ -298,16 +307,7 @@ class RMSprop(_ManualRule):
         """Builds the equivalent torch.optim.RMSprop (single-tensor path, foreach=False)."""
         import torch
 
-        return torch.optim.RMSprop(
-            parameters,
-            lr=self.lr,
-            alpha=self.alpha,
-            eps=self.eps,
-            momentum=self.momentum,
-            centered=self.centered,
-            weight_decay=self.weight_decay,
-            foreach=False,
-        )
+        return torch.optim.RMSprop(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -319,6 +319,7 @@ class Adagrad(_ManualRule):
     eps: float = 1e-10
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
+    maximize: bool = False
 
     def check(self) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range hyperparameter."""
@@ -346,15 +347,7 @@ class Adagrad(_ManualRule):
         """Builds the equivalent torch.optim.Adagrad (single-tensor path, foreach=False)."""
         import torch
 
-        return torch.optim.Adagrad(
-            parameters,
-            lr=self.lr,
-            lr_decay=self.lr_decay,
-            eps=self.eps,
-            weight_decay=self.weight_decay,
-            initial_accumulator_value=self.initial_accumulator_value,
-            foreach=False,
-        )
+        return torch.optim.Adagrad(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)

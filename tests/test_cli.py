@@ -151,7 +151,7 @@ BAD = [
     (
         ["+optimizer.lrr=5"],
         "optimizer.lrr=5: unknown key; optimizer has: lr, momentum, dampening, nesterov, "
-        "weight_decay; did you mean lr?",
+        "weight_decay, maximize; did you mean lr?",
     ),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0: expected a number > 0"),
     (["train.steps=0"], "train.steps=0: expected an integer >= 1"),

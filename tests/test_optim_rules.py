@@ -53,6 +53,13 @@ RULES = [
     pytest.param(Adagrad(lr=0.1, lr_decay=0.05), id="adagrad-lr_decay"),
     pytest.param(Adagrad(lr=0.1, initial_accumulator_value=0.5), id="adagrad-initial_acc"),
     pytest.param(Adagrad(lr=0.1, weight_decay=0.1), id="adagrad-weight_decay"),
+    # maximize: every rule that has it negates the gradient first; lr and weights keep the
+    # ascent on the quartic bowl finite over the steps
+    pytest.param(SGD(lr=0.002, momentum=0.5, maximize=True), id="sgd-maximize"),
+    pytest.param(Adam(lr=0.05, maximize=True), id="adam-maximize"),
+    pytest.param(AdamW(lr=0.05, amsgrad=True, maximize=True), id="adamw-maximize"),
+    pytest.param(RMSprop(lr=0.01, maximize=True), id="rmsprop-maximize"),
+    pytest.param(Adagrad(lr=0.1, maximize=True), id="adagrad-maximize"),
 ]
 MANUAL_CLASSES = (SGD, Adam, AdamW, RMSprop, Adagrad)
 
@@ -300,7 +307,7 @@ rules = [
     r.Adam(weight_decay=0.1, amsgrad=True),
     r.AdamW(betas=[0.3, 0.9], amsgrad=True),
     r.RMSprop(momentum=0.5, centered=True, weight_decay=0.1),
-    r.Adagrad(lr_decay=0.1, initial_accumulator_value=0.1, weight_decay=0.1),
+    r.Adagrad(lr_decay=0.1, initial_accumulator_value=0.1, weight_decay=0.1, maximize=True),
 ]
 assert {type(rule) for rule in rules} == {
     cls for cls in vars(r).values() if isinstance(cls, type) and getattr(cls, "manual", False)

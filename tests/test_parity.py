@@ -50,6 +50,12 @@ OPTIMIZERS = {
         "optimizer.initial_accumulator_value=0.1",
         "optimizer.weight_decay=0.01",
     ],
+    # maximize ascends the loss; these rates keep the ascent finite for the steps compared
+    "sgd_maximize": ["optimizer=sgd", "optimizer.lr=0.002", "optimizer.maximize=true"],
+    "adam_maximize": ["optimizer=adam", "optimizer.lr=0.01", "optimizer.maximize=true"],
+    "adamw_maximize": ["optimizer=adamw", "optimizer.lr=0.01", "optimizer.maximize=true"],
+    "rmsprop_maximize": ["optimizer=rmsprop", "optimizer.lr=0.001", "optimizer.maximize=true"],
+    "adagrad_maximize": ["optimizer=adagrad", "optimizer.lr=0.05", "optimizer.maximize=true"],
 }
 
 # Linear model, 3 features, noisy targets: gradients stay well away from zero for 100 steps.
