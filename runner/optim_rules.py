@@ -447,6 +447,8 @@ class Rates:
     def _apply(self, other: Any, op: Any) -> Any:
         if isinstance(other, int | float):
             return Rates(op(self.values, other))
+        if isinstance(other, Rates):  # a number computed from the rate, met again (ASGD's eta)
+            return Rates(op(self.values, other.values))
         return op(self._like(other), other)
 
     def _apply_reflected(self, other: Any, op: Any) -> Any:
@@ -456,6 +458,12 @@ class Rates:
 
     def __neg__(self) -> Rates:
         return Rates(-self.values)
+
+    def __pow__(self, exponent: float) -> Rates:
+        # Python's own power, rate by rate: NumPy's vectorized one may round differently, and a
+        # job must compute what its run alone computes
+        powers = [value**exponent for value in self.values.ravel().tolist()]
+        return Rates(np.array(powers, dtype=np.float64).reshape(self.values.shape))
 
     def __mul__(self, other):
         return self._apply(other, lambda a, b: a * b)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from runner import optim_rules
-from runner.optim_rules import LBFGS, SGD, Adagrad, Adam, AdamW, RMSprop
+from runner.optim_rules import LBFGS, SGD, Adagrad, Adam, AdamW, Rates, RMSprop
 
 STEPS = 120
 SHAPES = {"scalar": (), "row": (1, 3), "single": (1,)}
@@ -433,3 +433,13 @@ def test_lbfgs_has_no_manual_rule():
         rule.init_state(params, np)
     with pytest.raises(NotImplementedError, match="optim loop"):
         rule.update(params, {"w": np.ones(2)}, {"w": {"step": 0}}, np)
+
+
+def test_rates_compute_each_rate_as_its_python_float_would():
+    # ASGD's next eta, lr / (1 + lambd * lr * t) ** alpha, meets the rates twice and raises
+    # them to a power: every job's value is the one its own float computes, bit for bit.
+    values = np.array([0.05, 0.015, 0.125, 3e-7])
+    rates = Rates(values.reshape(4, 1))
+    got = rates / (1 + 0.05 * rates * 17.0) ** 0.75
+    want = [lr / (1 + 0.05 * lr * 17.0) ** 0.75 for lr in values.tolist()]
+    assert got.values.shape == (4, 1) and got.values.ravel().tolist() == want
