@@ -27,6 +27,14 @@ OPTIMIZERS = {
     "adamw": ["optimizer=adamw", "optimizer.lr=0.01"],
     "rmsprop": ["optimizer=rmsprop", "optimizer.centered=true", "optimizer.momentum=0.5"],
     "adagrad": ["optimizer=adagrad", "optimizer.lr_decay=0.01"],
+    # state beyond buffers: NAdam's mu_product, Rprop's step sizes, ASGD's eta (and its mu,
+    # from the step, with averaging from step 10 on)
+    "nadam": ["optimizer=nadam", "optimizer.maximize=true"],
+    "radam": ["optimizer=radam", "optimizer.lr=0.01", "optimizer.decoupled_weight_decay=true"],
+    "adamax": ["optimizer=adamax"],
+    "adadelta": ["optimizer=adadelta"],
+    "rprop": ["optimizer=rprop"],
+    "asgd": ["optimizer=asgd", "optimizer.t0=10", "optimizer.lambd=0.01"],
 }
 PROBLEM = [
     "model=linear",
