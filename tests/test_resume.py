@@ -27,6 +27,8 @@ OPTIMIZERS = {
     "adamw": ["optimizer=adamw", "optimizer.lr=0.01"],
     "rmsprop": ["optimizer=rmsprop", "optimizer.centered=true", "optimizer.momentum=0.5"],
     "adagrad": ["optimizer=adagrad", "optimizer.lr_decay=0.01"],
+}
+MORE_OPTIMIZERS = {
     # state beyond buffers: NAdam's mu_product, Rprop's step sizes, ASGD's eta (and its mu,
     # from the step, with averaging from step 10 on)
     "nadam": ["optimizer=nadam", "optimizer.maximize=true"],
@@ -44,6 +46,10 @@ PROBLEM = [
     "train.checkpoint_every=7",
 ]
 CASES = [(loop, name) for loop in ("numpy", "autograd", "optim") for name in OPTIMIZERS]
+# The autograd loop runs the numpy loop's rules and checkpoints as the optim loop does: the
+# numpy loop (the rule's state) and the optim loop (torch's) resume the later optimizers.
+CASES += [(loop, name) for loop in ("numpy", "optim") for name in MORE_OPTIMIZERS]
+OPTIMIZERS.update(MORE_OPTIMIZERS)
 CASES.append(("optim", "lbfgs"))
 OPTIMIZERS["lbfgs"] = ["optimizer=lbfgs", "optimizer.lr=0.1", "optimizer.max_iter=3"]
 
