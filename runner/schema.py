@@ -127,6 +127,12 @@ OPTIMIZER_SCHEMAS = {
         "adamw": optim_rules.AdamW,
         "rmsprop": optim_rules.RMSprop,
         "adagrad": optim_rules.Adagrad,
+        "nadam": optim_rules.NAdam,
+        "radam": optim_rules.RAdam,
+        "adamax": optim_rules.Adamax,
+        "adadelta": optim_rules.Adadelta,
+        "rprop": optim_rules.Rprop,
+        "asgd": optim_rules.ASGD,
         "lbfgs": optim_rules.LBFGS,
     }.items()
 }

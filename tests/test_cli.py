@@ -105,11 +105,13 @@ def test_multirun_names_job_directories_after_the_swept_values(tmp_path):
 def test_help_lists_every_shipped_option(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    groups = {
-        line.split(":")[0]: line.split(":", 1)[1]
-        for line in result.stdout.split("== Config groups ==")[1].split("Examples:")[0].splitlines()
-        if ":" in line
-    }
+    groups: dict[str, str] = {}
+    for line in result.stdout.split("== Config groups ==")[1].split("Examples:")[0].splitlines():
+        if line[:1].isspace() and groups:  # a long group's options go on in the next line
+            groups[list(groups)[-1]] += line
+        elif ":" in line:
+            key, options = line.split(":", 1)
+            groups[key] = options
     conf = REPO / "conf"
     for group in ("model", "data", "loss", "optimizer", "loop", "device", "experiment"):
         shipped = {p.stem for p in (conf / group).glob("*.yaml")}
@@ -127,7 +129,8 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 BAD = [
     (
         ["optimizer=adamx"],
-        "optimizer=adamx: expected one of adagrad, adam, adamw, lbfgs, rmsprop, sgd",
+        "optimizer=adamx: expected one of adadelta, adagrad, adam, adamax, adamw, asgd, lbfgs,"
+        " nadam, radam, rmsprop, rprop, sgd",
     ),
     (["loop=jax"], "loop=jax: expected one of autograd, numpy, optim"),
     (["optimizer.lr=fast"], "optimizer.lr=fast: expected a number"),
@@ -144,14 +147,15 @@ BAD = [
     (["optimiser=adam"], "; did you mean optimizer?"),
     (
         ["optimizer=adamm"],
-        "expected one of adagrad, adam, adamw, lbfgs, rmsprop, sgd; did you mean adam?",
+        "expected one of adadelta, adagrad, adam, adamax, adamw, asgd, lbfgs, nadam, radam, "
+        "rmsprop, rprop, sgd; did you mean adam?",
     ),
     (["+train.lr=5"], "train.lr=5: unknown key; train has: steps, seed, batch_size, dtype, "),
     (["+train.stpes=5"], "train.stpes=5: unknown key; train has: steps, seed, "),
     (
         ["+optimizer.lrr=5"],
         "optimizer.lrr=5: unknown key; optimizer has: lr, momentum, dampening, nesterov, "
-        "weight_decay; did you mean lr?",
+        "weight_decay, maximize; did you mean lr?",
     ),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0: expected a number > 0"),
     (["train.steps=0"], "train.steps=0: expected an integer >= 1"),
@@ -189,6 +193,16 @@ BAD = [
     ),
     (["device=cuda"], "device=cuda: expected a device present on this machine"),
     (["optimizer=lbfgs", "loop=numpy"], "optimizer=lbfgs: expected with loop=optim only"),
+    (
+        ["optimizer=rprop", "optimizer.etas=[2,0.5]"],
+        "optimizer.etas=[2.0, 0.5]: expected two numbers [etaminus, etaplus] with 0 < etaminus "
+        "< 1 < etaplus",
+    ),
+    (
+        ["optimizer=lbfgs", "optimizer.maximize=true"],
+        "optimizer.maximize=true: unknown key; optimizer has: lr, max_iter, history_size, "
+        "line_search_fn",
+    ),
     (
         ["experiment=nope"],
         "experiment=nope: expected one of autograd_gd, linear_regression, numpy_gd",

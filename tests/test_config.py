@@ -17,7 +17,20 @@ OPTIONS = {
     "model": ["scalar", "linear"],
     "data": ["seed_line", "points", "synthetic", "csv"],
     "loss": ["mse", "l1", "huber"],
-    "optimizer": ["sgd", "adam", "adamw", "rmsprop", "adagrad", "lbfgs"],
+    "optimizer": [
+        "sgd",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adagrad",
+        "nadam",
+        "radam",
+        "adamax",
+        "adadelta",
+        "rprop",
+        "asgd",
+        "lbfgs",
+    ],
     "loop": ["numpy", "autograd", "optim"],
     "device": ["cpu", "auto"],
 }
@@ -54,6 +67,12 @@ def test_every_option_composes_and_runs(runs, tmp_path, group, option):
         ("adamw", torch.optim.AdamW),
         ("rmsprop", torch.optim.RMSprop),
         ("adagrad", torch.optim.Adagrad),
+        ("nadam", torch.optim.NAdam),
+        ("radam", torch.optim.RAdam),
+        ("adamax", torch.optim.Adamax),
+        ("adadelta", torch.optim.Adadelta),
+        ("rprop", torch.optim.Rprop),
+        ("asgd", torch.optim.ASGD),
         ("lbfgs", torch.optim.LBFGS),
         ("sgd", torch.optim.SGD),
     ],
@@ -67,8 +86,9 @@ def test_optimizer_defaults_equal_torchs(option, torch_class):
         expected = defaults[key].default
         if option == "sgd" and key == "lr":
             expected = 0.01  # SPEC: our one deliberate difference
-        got = list(value) if key == "betas" else value
-        assert got == (list(expected) if key == "betas" else expected), key
+        if isinstance(expected, tuple):  # betas, etas, step_sizes: lists in a config
+            value, expected = list(value), list(expected)
+        assert value == expected, key
 
 
 def test_experiment_settings_can_be_overridden_on_the_command_line(runs):
@@ -92,6 +112,22 @@ BAD_INPUTS = [
     (["device=mps", "loop=numpy"], "device=mps: expected cpu or auto with loop=numpy"),
     (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], "optimizer.betas="),
     (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov=true"),
+    (
+        ["optimizer=rprop", "optimizer.etas=[2,0.5]"],
+        "optimizer.etas=[2.0, 0.5]: expected two numbers [etaminus, etaplus] with 0 < etaminus "
+        "< 1 < etaplus",
+    ),
+    (
+        ["optimizer=rprop", "optimizer.step_sizes=[1,0.1]"],
+        "optimizer.step_sizes=[1.0, 0.1]: expected two numbers [smallest, largest] with 0 <=",
+    ),
+    (["optimizer=adadelta", "optimizer.rho=1.5"], "optimizer.rho=1.5: expected a number in [0, 1]"),
+    (["optimizer=nadam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9]: expected two numbers"),
+    (
+        ["optimizer=nadam", "optimizer.momentum_decay=-1"],
+        "optimizer.momentum_decay=-1.0: expected a number >= 0",
+    ),
+    (["optimizer=asgd", "optimizer.lambd=-1"], "optimizer.lambd=-1.0: expected a number >= 0"),
     (["train.seed=-3"], "train.seed=-3: expected an integer >= 0"),
     (["log.every_n_steps=0"], "log.every_n_steps=0: expected an integer >= 1"),
 ]

@@ -16,7 +16,22 @@ import pytest
 import torch
 
 from runner import optim_rules
-from runner.optim_rules import LBFGS, SGD, Adagrad, Adam, AdamW, RMSprop
+from runner.optim_rules import (
+    ASGD,
+    LBFGS,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    NAdam,
+    RAdam,
+    Rates,
+    RMSprop,
+    Rprop,
+    for_jobs,
+)
 
 STEPS = 120
 SHAPES = {"scalar": (), "row": (1, 3), "single": (1,)}
@@ -53,8 +68,45 @@ RULES = [
     pytest.param(Adagrad(lr=0.1, lr_decay=0.05), id="adagrad-lr_decay"),
     pytest.param(Adagrad(lr=0.1, initial_accumulator_value=0.5), id="adagrad-initial_acc"),
     pytest.param(Adagrad(lr=0.1, weight_decay=0.1), id="adagrad-weight_decay"),
+    pytest.param(NAdam(lr=0.05), id="nadam"),
+    pytest.param(NAdam(lr=0.05, momentum_decay=0.05, weight_decay=0.1), id="nadam-weight_decay"),
+    pytest.param(
+        NAdam(lr=0.05, weight_decay=0.2, decoupled_weight_decay=True), id="nadam-decoupled"
+    ),
+    # rho_t passes 5 at step 6: the first steps are unrectified, the later ones rectified
+    pytest.param(RAdam(lr=0.05), id="radam"),
+    pytest.param(RAdam(lr=0.05, weight_decay=0.1), id="radam-weight_decay"),
+    pytest.param(
+        RAdam(lr=0.05, weight_decay=0.2, decoupled_weight_decay=True), id="radam-decoupled"
+    ),
+    pytest.param(RAdam(lr=0.05, betas=[0.3, 0.9]), id="radam-small-betas"),
+    pytest.param(Adamax(lr=0.05), id="adamax"),
+    pytest.param(Adamax(lr=0.05, betas=[0.3, 0.9], weight_decay=0.1), id="adamax-options"),
+    pytest.param(Adadelta(), id="adadelta"),
+    pytest.param(Adadelta(lr=0.5, rho=0.5, eps=1e-4, weight_decay=0.1), id="adadelta-options"),
+    pytest.param(Rprop(), id="rprop"),
+    # a small largest step size: the clamp from above is hit, and etas other than torch's
+    pytest.param(Rprop(lr=0.02, etas=[0.3, 1.5], step_sizes=[1e-3, 0.05]), id="rprop-options"),
+    pytest.param(ASGD(lr=0.05), id="asgd"),
+    # averaging from step 31 on, a strong lambd and weight decay
+    pytest.param(ASGD(lr=0.05, lambd=0.05, alpha=0.5, t0=30, weight_decay=0.1), id="asgd-t0"),
+    # maximize: every rule that has it negates the gradient first; lr and weights keep the
+    # ascent on the quartic bowl finite over the steps
+    pytest.param(SGD(lr=0.002, momentum=0.5, maximize=True), id="sgd-maximize"),
+    pytest.param(Adam(lr=0.05, maximize=True), id="adam-maximize"),
+    pytest.param(AdamW(lr=0.05, amsgrad=True, maximize=True), id="adamw-maximize"),
+    pytest.param(RMSprop(lr=0.01, maximize=True), id="rmsprop-maximize"),
+    pytest.param(Adagrad(lr=0.1, maximize=True), id="adagrad-maximize"),
+    pytest.param(NAdam(lr=0.05, maximize=True), id="nadam-maximize"),
+    pytest.param(RAdam(lr=0.05, maximize=True), id="radam-maximize"),
+    pytest.param(Adamax(lr=0.05, maximize=True), id="adamax-maximize"),
+    pytest.param(Adadelta(maximize=True), id="adadelta-maximize"),
+    pytest.param(Rprop(lr=0.001, step_sizes=[1e-6, 0.01], maximize=True), id="rprop-maximize"),
+    pytest.param(ASGD(lr=0.003, t0=50, maximize=True), id="asgd-maximize"),
 ]
-MANUAL_CLASSES = (SGD, Adam, AdamW, RMSprop, Adagrad)
+MANUAL_CLASSES = (SGD, Adam, AdamW, RMSprop, Adagrad, NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD)
+# torch's per-parameter scalar state that a rule derives from the step instead of keeping it
+DERIVED_STATE = {ASGD: {"mu"}}
 
 
 # --- a small problem with a gradient that keeps changing ---------------------------------------
@@ -155,7 +207,8 @@ def test_rule_matches_torch_optim_step_for_step(rule, dtype):
         for name, param in init.items():
             ours, theirs = state[name], expected_state[name]
             assert ours["step"] == STEPS and isinstance(ours["step"], int)
-            assert set(ours) - {"step"} == set(theirs) - {"step"}
+            derived = DERIVED_STATE.get(type(rule), set())
+            assert set(ours) - {"step"} == set(theirs) - {"step"} - derived
             if "step" in theirs:
                 assert theirs["step"] == STEPS
             for key in set(ours) - {"step"}:
@@ -163,7 +216,9 @@ def test_rule_matches_torch_optim_step_for_step(rule, dtype):
                 array = value.numpy() if xp is torch else value
                 assert isinstance(value, torch.Tensor if xp is torch else np.ndarray), key
                 assert array.dtype == param.dtype and array.shape == param.shape, key
-                assert_close(array, theirs[key], RTOL[dtype], f"{xp.__name__} state {name}.{key}")
+                # torch's per-parameter scalars (NAdam's mu_product, ASGD's eta) are 0-d
+                want = np.broadcast_to(theirs[key], param.shape)
+                assert_close(array, want, RTOL[dtype], f"{xp.__name__} state {name}.{key}")
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -300,7 +355,13 @@ rules = [
     r.Adam(weight_decay=0.1, amsgrad=True),
     r.AdamW(betas=[0.3, 0.9], amsgrad=True),
     r.RMSprop(momentum=0.5, centered=True, weight_decay=0.1),
-    r.Adagrad(lr_decay=0.1, initial_accumulator_value=0.1, weight_decay=0.1),
+    r.Adagrad(lr_decay=0.1, initial_accumulator_value=0.1, weight_decay=0.1, maximize=True),
+    r.NAdam(weight_decay=0.1, decoupled_weight_decay=True),
+    r.RAdam(weight_decay=0.1),
+    r.Adamax(weight_decay=0.1),
+    r.Adadelta(weight_decay=0.1),
+    r.Rprop(),
+    r.ASGD(t0=1, weight_decay=0.1),
 ]
 assert {type(rule) for rule in rules} == {
     cls for cls in vars(r).values() if isinstance(cls, type) and getattr(cls, "manual", False)
@@ -354,6 +415,35 @@ INVALID = [
     (Adagrad(eps=-1.0), "eps", -1.0, True),
     (Adagrad(weight_decay=-0.1), "weight_decay", -0.1, True),
     (Adagrad(initial_accumulator_value=-0.1), "initial_accumulator_value", -0.1, True),
+    (NAdam(lr=-1.0), "lr", -1.0, True),
+    (NAdam(betas=[0.9, 1.0]), "betas", [0.9, 1.0], True),
+    (NAdam(eps=-1.0), "eps", -1.0, True),
+    (NAdam(weight_decay=-0.1), "weight_decay", -0.1, True),
+    (NAdam(momentum_decay=-0.1), "momentum_decay", -0.1, True),
+    (RAdam(lr=0.0), "lr", 0.0, False),
+    (RAdam(betas=[-0.1, 0.9]), "betas", [-0.1, 0.9], True),
+    (RAdam(eps=-1.0), "eps", -1.0, True),
+    (RAdam(weight_decay=-0.1), "weight_decay", -0.1, True),
+    (Adamax(lr=-0.1), "lr", -0.1, True),
+    (Adamax(betas=[1.0, 0.9]), "betas", [1.0, 0.9], True),
+    (Adamax(eps=-1.0), "eps", -1.0, True),
+    (Adamax(weight_decay=-0.1), "weight_decay", -0.1, True),
+    (Adadelta(lr=0.0), "lr", 0.0, False),
+    (Adadelta(rho=1.5), "rho", 1.5, True),
+    (Adadelta(rho=-0.1), "rho", -0.1, True),
+    (Adadelta(eps=-1.0), "eps", -1.0, True),
+    (Adadelta(weight_decay=-0.1), "weight_decay", -0.1, True),
+    (Rprop(lr=-0.01), "lr", -0.01, True),
+    (Rprop(etas=[2, 0.5]), "etas", [2, 0.5], True),
+    (Rprop(etas=[0.5, 1.0]), "etas", [0.5, 1.0], True),
+    (Rprop(etas=[0.0, 1.2]), "etas", [0.0, 1.2], True),
+    (Rprop(etas=[0.5]), "etas", [0.5], False),  # torch fails with an IndexError
+    # torch does not check step sizes
+    (Rprop(step_sizes=[1.0, 0.1]), "step_sizes", [1.0, 0.1], False),
+    (Rprop(step_sizes=[-1.0, 50]), "step_sizes", [-1.0, 50], False),
+    (ASGD(lr=-0.1), "lr", -0.1, True),
+    (ASGD(weight_decay=-0.1), "weight_decay", -0.1, True),
+    (ASGD(lambd=-0.1), "lambd", -0.1, False),  # torch does not check lambd
     (LBFGS(lr=0.0), "lr", 0.0, False),
     (LBFGS(max_iter=0), "max_iter", 0, False),
     (LBFGS(history_size=0), "history_size", 0, False),
@@ -390,6 +480,9 @@ def test_valid_non_default_settings_pass_check():
     assert SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1).check() == []
     assert Adam(betas=[0.0, 0.5], eps=0.0).check() == []
     assert RMSprop(alpha=0.0, momentum=0.9, centered=True).check() == []
+    assert Adadelta(rho=0.0).check() == [] and Adadelta(rho=1.0).check() == []
+    assert Rprop(etas=[0.01, 10], step_sizes=[0, 0]).check() == []
+    assert ASGD(lambd=0.0, alpha=-1.0, t0=-5.0).check() == []
     assert LBFGS(max_iter=1, history_size=1, line_search_fn="strong_wolfe").check() == []
 
 
@@ -426,3 +519,64 @@ def test_lbfgs_has_no_manual_rule():
         rule.init_state(params, np)
     with pytest.raises(NotImplementedError, match="optim loop"):
         rule.update(params, {"w": np.ones(2)}, {"w": {"step": 0}}, np)
+
+
+# --- one rule for K jobs -----------------------------------------------------------------------
+# One rule of each class, with the options that use lr in their own ways (decoupled decay,
+# Rprop's initial step sizes, ASGD's eta as a power of lr); each job at its own rate.
+JOB_RULES = [
+    pytest.param(SGD(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1), id="sgd"),
+    pytest.param(Adam(lr=0.05, amsgrad=True, weight_decay=0.1), id="adam"),
+    pytest.param(AdamW(lr=0.05, weight_decay=0.2), id="adamw"),
+    pytest.param(RMSprop(lr=0.01, centered=True, momentum=0.5), id="rmsprop"),
+    pytest.param(Adagrad(lr=0.1, lr_decay=0.05), id="adagrad"),
+    pytest.param(NAdam(lr=0.05, weight_decay=0.2, decoupled_weight_decay=True), id="nadam"),
+    pytest.param(RAdam(lr=0.05, weight_decay=0.2, decoupled_weight_decay=True), id="radam"),
+    pytest.param(Adamax(lr=0.05, weight_decay=0.1), id="adamax"),
+    pytest.param(Adadelta(weight_decay=0.1), id="adadelta"),
+    pytest.param(Rprop(lr=0.02, etas=[0.3, 1.5], step_sizes=[1e-3, 0.05]), id="rprop"),
+    pytest.param(ASGD(lr=0.05, lambd=0.05, alpha=0.5, t0=30, weight_decay=0.1), id="asgd"),
+]
+
+
+def run_jobs_side_by_side(rule, lrs, init, consts, xp):
+    """Trajectory and final state of K jobs under one rule, params with a leading job axis."""
+    stacked = {name: np.stack([value] * len(lrs)) for name, value in init.items()}
+    return run_rule(for_jobs(rule, lrs, SHAPES), stacked, consts, xp)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("rule", JOB_RULES)
+def test_jobs_side_by_side_equal_each_job_alone(rule, dtype):
+    lrs = rule.lr * np.array([1.0, 0.3, 2.5])
+    init, consts = make_problem(dtype)
+    for xp in (np, torch):
+        # NumPy's elementwise arithmetic does not depend on the shape: a job computes exactly
+        # what it computes alone. torch's kernels may take another vectorized path for another
+        # size, so there the dtype's tolerance holds (in practice they agree exactly too).
+        rtol = 0.0 if xp is np else RTOL[dtype]
+        together, state = run_jobs_side_by_side(rule, lrs, init, consts, xp)
+        for j, lr in enumerate(lrs):
+            alone, alone_state = run_rule(dataclasses.replace(rule, lr=float(lr)), init, consts, xp)
+            for step, (got, want) in enumerate(zip(together, alone, strict=True), start=1):
+                for name in init:
+                    label = f"{xp.__name__} job {j} step {step} {name}"
+                    assert_close(got[name][j], want[name], rtol, label)
+            for name in init:
+                for key, value in alone_state[name].items():
+                    ours = state[name][key]
+                    if key == "step":
+                        assert ours == value
+                    else:
+                        row = ours[j].numpy() if xp is torch else ours[j]
+                        assert_close(row, snapshot(value), rtol, f"state {name}.{key}")
+
+
+def test_rates_compute_each_rate_as_its_python_float_would():
+    # ASGD's next eta, lr / (1 + lambd * lr * t) ** alpha, meets the rates twice and raises
+    # them to a power: every job's value is the one its own float computes, bit for bit.
+    values = np.array([0.05, 0.015, 0.125, 3e-7])
+    rates = Rates(values.reshape(4, 1))
+    got = rates / (1 + 0.05 * rates * 17.0) ** 0.75
+    want = [lr / (1 + 0.05 * lr * 17.0) ** 0.75 for lr in values.tolist()]
+    assert got.values.shape == (4, 1) and got.values.ravel().tolist() == want

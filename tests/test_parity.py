@@ -50,6 +50,48 @@ OPTIMIZERS = {
         "optimizer.initial_accumulator_value=0.1",
         "optimizer.weight_decay=0.01",
     ],
+    "nadam": ["optimizer=nadam", "optimizer.lr=0.01"],
+    "nadam_decoupled_maximize": [
+        "optimizer=nadam",
+        "optimizer.lr=0.01",
+        "optimizer.weight_decay=0.1",
+        "optimizer.decoupled_weight_decay=true",
+        "optimizer.maximize=true",
+    ],
+    "radam": ["optimizer=radam", "optimizer.lr=0.01"],  # unrectified until step 6
+    "radam_weight_decay_maximize": [
+        "optimizer=radam",
+        "optimizer.lr=0.01",
+        "optimizer.weight_decay=0.1",
+        "optimizer.maximize=true",
+    ],
+    "adamax": ["optimizer=adamax", "optimizer.lr=0.01", "optimizer.weight_decay=0.01"],
+    "adadelta_maximize": [
+        "optimizer=adadelta",
+        "optimizer.rho=0.8",
+        "optimizer.weight_decay=0.01",
+        "optimizer.maximize=true",
+    ],
+    "rprop": ["optimizer=rprop", "optimizer.lr=0.005"],
+    "rprop_options_maximize": [
+        "optimizer=rprop",
+        "optimizer.etas=[0.3,1.5]",
+        "optimizer.step_sizes=[0.0001,0.02]",
+        "optimizer.maximize=true",
+    ],
+    "asgd_averaging": [  # averaging from step 21 on
+        "optimizer=asgd",
+        "optimizer.lr=0.02",
+        "optimizer.t0=20",
+        "optimizer.lambd=0.01",
+        "optimizer.weight_decay=0.01",
+    ],
+    # maximize ascends the loss; these rates keep the ascent finite for the steps compared.
+    # (Every rule with every option, maximize included, meets torch.optim in
+    # test_optim_rules.py; here each optimizer and the shared negation go through the loops.)
+    "sgd_maximize": ["optimizer=sgd", "optimizer.lr=0.002", "optimizer.maximize=true"],
+    "adam_maximize": ["optimizer=adam", "optimizer.lr=0.01", "optimizer.maximize=true"],
+    "asgd_maximize": ["optimizer=asgd", "optimizer.lr=0.002", "optimizer.maximize=true"],
 }
 
 # Linear model, 3 features, noisy targets: gradients stay well away from zero for 100 steps.

@@ -28,6 +28,16 @@ OPTIMIZERS = {
     "rmsprop": ["optimizer=rmsprop", "optimizer.centered=true", "optimizer.momentum=0.5"],
     "adagrad": ["optimizer=adagrad", "optimizer.lr_decay=0.01"],
 }
+MORE_OPTIMIZERS = {
+    # state beyond buffers: NAdam's mu_product, Rprop's step sizes, ASGD's eta (and its mu,
+    # from the step, with averaging from step 10 on)
+    "nadam": ["optimizer=nadam", "optimizer.maximize=true"],
+    "radam": ["optimizer=radam", "optimizer.lr=0.01", "optimizer.decoupled_weight_decay=true"],
+    "adamax": ["optimizer=adamax"],
+    "adadelta": ["optimizer=adadelta"],
+    "rprop": ["optimizer=rprop"],
+    "asgd": ["optimizer=asgd", "optimizer.t0=10", "optimizer.lambd=0.01"],
+}
 PROBLEM = [
     "model=linear",
     "data=synthetic",
@@ -36,6 +46,10 @@ PROBLEM = [
     "train.checkpoint_every=7",
 ]
 CASES = [(loop, name) for loop in ("numpy", "autograd", "optim") for name in OPTIMIZERS]
+# The autograd loop runs the numpy loop's rules and checkpoints as the optim loop does: the
+# numpy loop (the rule's state) and the optim loop (torch's) resume the later optimizers.
+CASES += [(loop, name) for loop in ("numpy", "optim") for name in MORE_OPTIMIZERS]
+OPTIMIZERS.update(MORE_OPTIMIZERS)
 CASES.append(("optim", "lbfgs"))
 OPTIMIZERS["lbfgs"] = ["optimizer=lbfgs", "optimizer.lr=0.1", "optimizer.max_iter=3"]
 

@@ -28,6 +28,10 @@ CASES = {
     "autograd-adam": ("loop=autograd", "optimizer=adam"),
     "autograd-rmsprop-linear": ("loop=autograd", "optimizer=rmsprop", *LINEAR),
     "autograd-adagrad": ("loop=autograd", "optimizer=adagrad", "loss=huber"),
+    # the rate reaches the state: ASGD's eta (a power of each job's lr), Rprop's step sizes
+    # (whose default largest, 50, would clamp the rate 1e38 at once: no job would diverge)
+    "numpy-asgd-linear": ("loop=numpy", "optimizer=asgd", "optimizer.t0=5", *LINEAR),
+    "autograd-rprop": ("loop=autograd", "optimizer=rprop", "optimizer.step_sizes=[1e-6,1e38]"),
     "optim-sgd-nesterov-linear": (
         "loop=optim",
         "optimizer=sgd",
