@@ -111,7 +111,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     rules = [build_optimizer(job.cfg.optimizer) for job in jobs]  # each job's, checked
     problem = build_problem(cfg, train, device, rules)
     loop_cls = loop_class(cfg.loop)
-    layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
+    shapes = {k: np.shape(v) for k, v in problem.init.items()}
+    layout = Layout(shapes, log.max_elements, problem.extras)
 
     runs = [_JobRun(job, problem, layout, train, log) for job in jobs]
     results: dict[int, JobResult] = {}

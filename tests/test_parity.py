@@ -69,7 +69,8 @@ def trajectories(tmp_path, overrides, loops=("numpy", "autograd", "optim")):
     cfg = compose_config(*overrides)
     train: TrainConf = OmegaConf.to_object(cfg.train)
     problem = build_problem(cfg, train, "cpu")
-    layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, cfg.log.max_elements)
+    shapes = {k: np.shape(v) for k, v in problem.init.items()}
+    layout = Layout(shapes, cfg.log.max_elements, problem.extras)
     out = {}
     for loop in loops:
         cls = LOOPS[loop]
