@@ -146,7 +146,7 @@ BAD = [
         ["optimizer=adamm"],
         "expected one of adagrad, adam, adamw, lbfgs, rmsprop, sgd; did you mean adam?",
     ),
-    (["+train.lr=5"], "train.lr=5: unknown key; train has: steps, seed, batch_size, dtype, "),
+    (["+train.lr=5"], "train.lr=5: unknown key; train has: steps, seed, batch_size, "),
     (["+train.stpes=5"], "train.stpes=5: unknown key; train has: steps, seed, "),
     (
         ["+optimizer.lrr=5"],

@@ -1,6 +1,6 @@
 """Gradient clipping (train.clip_grad_norm, train.clip_grad_value): the manual version, written
 once for NumPy and torch, against torch.nn.utils.clip_grad_norm_ / clip_grad_value_ as the
-oracle."""
+oracle; and the `grad_norm_before_clip` column a run writes, read back."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from runner.clipping import ClipNorm, ClipValue
+from runner.data import synthetic
+from tests.helpers import train
+from tests.test_outputs import events
 
 SHAPES = {"weight": (1, 3), "bias": (1,)}  # the linear model's, as the loops hold them
 RTOL = {"float32": 1e-6, "float64": 1e-14}  # torch's CPU norm fuses multiply-adds: an ulp or two
@@ -106,3 +109,28 @@ def test_a_scalar_parameter_and_k_jobs_each_on_their_own_norm(xp):
         assert norms[j] == pytest.approx(want_norm, rel=1e-14)
         for name in grads:
             np.testing.assert_allclose(got[name][j], want[name], rtol=1e-14)
+
+
+def test_grad_norm_before_clip_is_the_unclipped_norm(tmp_path):
+    # Computed apart: the full-batch gradient of nn.Linear under MSE at the parameters each
+    # step started from (the row before's), by autograd.
+    _, metrics = train(tmp_path, "model=linear", "model.init=0.3", "data=synthetic",
+                       "data.n_features=2", "train.dtype=float64", "train.steps=6",
+                       "train.clip_grad_norm=0.05")  # fmt: skip
+    assert list(metrics.columns[-2:]) == ["grad_norm", "grad_norm_before_clip"]
+    data = synthetic(n_samples=64, n_features=2, weight=2.0, bias=0.5, noise=0.1, seed=0)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    w = torch.full((2,), 0.3, dtype=torch.float64, requires_grad=True)
+    b = torch.full((), 0.3, dtype=torch.float64, requires_grad=True)
+    for _, row in metrics.iterrows():
+        gw, gb = torch.autograd.grad(torch.mean((x @ w + b - y) ** 2), (w, b))
+        unclipped = float(torch.cat([gw, gb[None]]).norm())
+        assert row["grad_norm_before_clip"] == pytest.approx(unclipped, rel=1e-12)
+        assert unclipped > 0.05 and row["grad_norm"] == pytest.approx(0.05, rel=1e-6)
+        with torch.no_grad():
+            w.copy_(torch.tensor([row["param/weight/0"], row["param/weight/1"]]))
+            b.fill_(row["param/bias"])
+    # TensorBoard has the same key, from the same Layout
+    tag = events(tmp_path).Scalars("grad_norm_before_clip")
+    assert [s.step for s in tag] == metrics["step"].tolist()
+    np.testing.assert_allclose([s.value for s in tag], metrics["grad_norm_before_clip"], rtol=1e-6)

@@ -27,14 +27,17 @@ Array = Any  # numpy.ndarray or torch.Tensor
 
 NO_EXTRAS: Mapping[str, Array] = MappingProxyType({})
 
+# The extra per-job values a feature adds to each StepRecord (see Problem.extras).
+GRAD_NORM_BEFORE_CLIP = "grad_norm_before_clip"
+
 
 class StepRecord(NamedTuple):
     """One optimizer update of every job. Values stay in the loop's own arrays (on its device).
 
     loss (K,): at the parameters before this update; lr (K,): the rate each job used (float64,
     on the host); params (K, *shape): after the update; grads (K, *shape): the ones it used.
-    extras: more per-job scalars (K,) that features add (Problem.extras names them, in order);
-    empty when none is on.
+    extras: more per-job scalars (K,) that features add (Problem.extras names them, in order),
+    e.g. the gradient norm before clipping; empty when none is on.
     With one job (K = 1), loss, params, grads and extras are that job's own, without the job
     axis. A NamedTuple: one is made every step, and it is the cheapest immutable record Python
     has.
@@ -62,6 +65,8 @@ class Problem:
     dtype: str  # "float32" | "float64"
     device: str  # resolved: "cpu", "cuda", "mps"
     lrs: np.ndarray  # (K,) float64: each job's learning rate
+    clip: Any = None  # runner.clipping.ClipNorm | ClipValue, applied before the update; or None
+    accumulate: int = 1  # mini-batches whose mean gradient makes one optimizer step
 
     @property
     def jobs(self) -> int:
@@ -75,7 +80,14 @@ class Problem:
         and TensorBoard after `grad_norm` (runner.metrics.Layout), so a run with none of these
         features on writes exactly the columns it always did. A feature that logs a value of
         its own adds its name here and its value to the records."""
-        return ()
+        return (GRAD_NORM_BEFORE_CLIP,) if self.clip is not None else ()
+
+    def micro_batches(self, step: int) -> range:
+        """The batch numbers (1-based, in runner.data.BatchSchedule's order) whose gradients
+        step `step` averages: `accumulate` consecutive ones, so any accumulate walks the data
+        in the same order. A checkpoint after step t continues at batch t * accumulate + 1:
+        the position follows from the step, with no state of its own to save."""
+        return range((step - 1) * self.accumulate + 1, step * self.accumulate + 1)
 
 
 class Loop(Protocol):
