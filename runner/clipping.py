@@ -25,7 +25,7 @@ This module must never import torch at module level: the numpy loop runs without
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ class ClipNorm:
             return {n: g * _per_job(coef, g) for n, g in grads.items()}, norm
         return {n: g * coef for n, g in grads.items()}, norm
 
-    def clip_torch(self, parameters: Sequence[Any]) -> Any:
+    def clip_torch(self, parameters: Iterable[Any]) -> Any:
         """Clips the parameters' .grad in place with torch's own function; returns the norm."""
         import torch
 
@@ -89,7 +89,7 @@ class ClipValue:
         v = self.clip_value
         return {n: g.clip(-v, v) for n, g in grads.items()}, norm
 
-    def clip_torch(self, parameters: Sequence[Any]) -> Any:
+    def clip_torch(self, parameters: Iterable[Any]) -> Any:
         """Clips the parameters' .grad in place with torch's own function; returns the norm
         before clipping (torch.nn.utils.get_total_norm)."""
         import torch

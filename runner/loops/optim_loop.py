@@ -99,7 +99,7 @@ class OptimLoop:
             part.backward()
             loss = part.detach() if loss is None else loss + part.detach()
         if self.problem.clip is not None:
-            norm = self.problem.clip.clip_torch(list(named.values()))
+            norm = self.problem.clip.clip_torch(named.values())
             extras = {GRAD_NORM_BEFORE_CLIP: norm}
         grads = {k: p.grad for k, p in named.items()}
         self._step(0, step, optimizer, named)
@@ -126,7 +126,7 @@ class OptimLoop:
             for k, p in named.items():
                 p.grad = self.stacked[k].grad[j]
             if clip is not None:  # in place, on views of the job's rows: the job's own norm
-                norms.append(clip.clip_torch(list(named.values())))
+                norms.append(clip.clip_torch(named.values()))
             if j not in self.failed:
                 self._step(j, step, optimizer, named)
         extras = NO_EXTRAS if clip is None else {GRAD_NORM_BEFORE_CLIP: torch.stack(norms)}
@@ -153,7 +153,7 @@ class OptimLoop:
             loss.backward()
             extras = NO_EXTRAS
             if clip is not None:
-                extras = {GRAD_NORM_BEFORE_CLIP: clip.clip_torch(list(named.values()))}
+                extras = {GRAD_NORM_BEFORE_CLIP: clip.clip_torch(named.values())}
             if not first_eval:
                 grads = {k: p.grad.detach().clone() for k, p in named.items()}
                 first_eval.append((loss.detach(), grads, extras))
