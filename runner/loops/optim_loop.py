@@ -83,10 +83,8 @@ class OptimLoop:
     def _step_one(self, step: int, batches: list, parts: int) -> tuple[torch.Tensor, dict, dict]:
         """One job: the plain user loop on its module."""
         module, optimizer, named = self.modules[0], self.optimizers[0], self.named[0]
-        extras = NO_EXTRAS
         if self.needs_closure:
-            loss, grads, extras = self._step_with_closure(*batches[0])
-            return loss, grads, extras
+            return self._step_with_closure(*batches[0])
         # set_to_none: each step's first backward makes new gradient tensors, the next ones
         # add into them, and the optimizer only reads them, so the record can keep them as
         # they are, without a copy.
@@ -98,9 +96,9 @@ class OptimLoop:
                 part = part / parts
             part.backward()
             loss = part.detach() if loss is None else loss + part.detach()
+        extras = NO_EXTRAS
         if self.problem.clip is not None:
-            norm = self.problem.clip.clip_torch(named.values())
-            extras = {GRAD_NORM_BEFORE_CLIP: norm}
+            extras = {GRAD_NORM_BEFORE_CLIP: self.problem.clip.clip_torch(named.values())}
         grads = {k: p.grad for k, p in named.items()}
         self._step(0, step, optimizer, named)
         return loss, grads, extras
