@@ -133,6 +133,29 @@ def bare_optim(steps: int) -> tuple[float, float, float]:
     return time.perf_counter() - start, model.weight.item(), loss.item()
 
 
+# The clipped run's threshold: far below the gradient norm of the first steps (about 30), so
+# clipping acts while the fit is far off; near the fit it only measures the norm.
+CLIP_GRAD_NORM = 1.0
+
+
+def bare_optim_clipped(steps: int) -> tuple[float, float, float]:
+    """bare_optim with torch.nn.utils.clip_grad_norm_ between backward and step."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    loss_fn = nn.MSELoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # (N, 1)
+    y = 2 * x
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD_NORM)
+        optimizer.step()
+    return time.perf_counter() - start, model.weight.item(), loss.item()
+
+
 BARE: dict[str, Callable[[int], tuple[float, float, float]]] = {
     "numpy": bare_numpy,
     "autograd": bare_autograd,
@@ -211,6 +234,30 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
             "s/step", full_label, full, off_label, off, TARGET_LOGGING_COST, fast
         )
     return results
+
+
+def measure_clipped(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """Per-step time of the optim loop with train.clip_grad_norm (logging off), against the bare
+    optim loop that clips with torch's clip_grad_norm_."""
+    steps, fast = settings.steps, settings.mode == "fast"
+    args = [*LOOP_OVERRIDES["optim"], *LOGGING_OFF, f"train.clip_grad_norm={CLIP_GRAD_NORM}"]
+    composed = compose_runs(
+        {"run": [*args, f"train.steps={steps}"], "warm": [*args, "train.steps=5"]}
+    )
+    out_dirs = (work / f"run{i}" for i in range(1_000_000))
+    bare_optim_clipped(50)  # untimed, as in measure_steps
+    runner_seconds_per_step(composed["warm"], next(out_dirs), 5)
+    bare, runner = [], []
+    for _ in range(settings.reps):
+        bare.append(bare_optim_clipped(steps)[0] / steps)
+        runner.append(runner_seconds_per_step(composed["run"], next(out_dirs), steps))
+    label = f"runner {' '.join([*args, f'train.steps={steps}'])}"
+    bare_label = f"bare optim loop with clip_grad_norm_, {steps} steps"
+    return {
+        "step/optim/clip_grad_norm": measurement(
+            "s/step", label, runner, bare_label, bare, TARGET_RUNNER_VS_BARE, fast
+        )
+    }
 
 
 # -- whole processes ------------------------------------------------------------------------
@@ -461,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         measurements = {
             **measure_steps(settings, work / "steps"),
+            **measure_clipped(settings, work / "clipped"),
             **measure_startup(settings, work / "startup"),
             **measure_sweep(settings, work / "sweep"),
             **measure_long_sweeps(settings, work / "long_sweep"),

@@ -224,7 +224,9 @@ class BatchSchedule:
         return 1 if self.full_batch else -(-self.n_samples // self.batch_size)
 
     def indices(self, step: int) -> np.ndarray | None:
-        """Sample indices of 1-based `step`, or None for the full batch."""
+        """Sample indices of 1-based batch number `step` (a step's own batch; with
+        train.accumulate, runner.loops.Problem.micro_batches numbers them), or None for the
+        full batch."""
         if self.full_batch:
             return None
         epoch, k = divmod(step - 1, self.batches_per_epoch)

@@ -1,8 +1,11 @@
 """Metric names and how host rows turn into them; the one place that knows the column layout.
 
-A host row is [loss, lr, params..., grads...] with every parameter flattened in C order, in the
-model's parameter order (see Loop.to_host). `Layout` turns rows into the metric table that the
-CSV and TensorBoard sinks share, so both carry the same keys with the same values.
+A host row is [loss, lr, params..., grads..., extras...] with every parameter flattened in C
+order, in the model's parameter order (see Loop.to_host), and then one value per extra that a
+feature logs (runner.loops.Problem.extras). `Layout` turns rows into the metric table that the
+CSV and TensorBoard sinks share, so both carry the same keys with the same values. Extras are
+the last columns, after `grad_norm`, each named as it is: a feature that adds one never moves
+an existing column, and with none the columns are those of a run without such features.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 class Layout:
     shapes: Mapping[str, tuple[int, ...]]  # parameter name -> shape, in the model's order
     max_elements: int = 16
+    extras: tuple[str, ...] = ()  # names of the per-job values after the gradients in a row
     columns: list[str] = field(init=False)  # metric keys, in CSV order (after `step`)
     _direct: np.ndarray = field(init=False, repr=False)  # row index of each direct column
     _direct_cols: np.ndarray = field(init=False, repr=False)  # ... and its column
@@ -40,6 +44,9 @@ class Layout:
                     columns.extend(f"{kind}/{name}/{i}" for i in range(size))
         norms.append((len(columns), grads_at, grads_at + self.n_values))
         columns.append("grad_norm")
+        extras_at = grads_at + self.n_values
+        direct.extend(range(extras_at, extras_at + len(self.extras)))
+        columns.extend(self.extras)
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "_direct", np.array(direct))
         object.__setattr__(self, "_norms", norms)
@@ -70,8 +77,10 @@ class Layout:
         return out
 
     def row_index(self, name: str) -> int:
-        """Where the value `name` (`loss`, `lr`) sits in a host row."""
-        return {"loss": 0, "lr": 1}[name]
+        """Where the value `name` (`loss`, `lr` or an extra) sits in a host row."""
+        if name in ("loss", "lr"):
+            return 0 if name == "loss" else 1
+        return 2 + 2 * self.n_values + self.extras.index(name)
 
     def block(self, rows: np.ndarray, kind: str, name: str) -> np.ndarray:
         """(K, size) flattened values of parameter `name` (kind="param") or its gradient

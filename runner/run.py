@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint
 from runner.build import build_optimizer, build_parts, loop_class
+from runner.clipping import grad_clip
 from runner.data import BatchSchedule, hold_out
 from runner.device import resolve_device
 from runner.errors import ConfigError
@@ -111,7 +112,8 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     rules = [build_optimizer(job.cfg.optimizer) for job in jobs]  # each job's, checked
     problem = build_problem(cfg, train, device, rules)
     loop_cls = loop_class(cfg.loop)
-    layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, log.max_elements)
+    shapes = {k: np.shape(v) for k, v in problem.init.items()}
+    layout = Layout(shapes, log.max_elements, problem.extras)
 
     runs = [_JobRun(job, problem, layout, train, log) for job in jobs]
     results: dict[int, JobResult] = {}
@@ -444,6 +446,9 @@ def _finished(summary_path: Path, steps: int) -> Finished | None:
 # may change (a longer run, other logging), but not what would make the result meaningless.
 _FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "loop")
 _FINGERPRINT_TRAIN = ("seed", "batch_size", "dtype")
+# ... and these, only when they are not their default: a checkpoint written before they existed
+# (which never had them on) still resumes.
+_FINGERPRINT_TRAIN_IF_SET = {"clip_grad_norm": None, "clip_grad_value": None, "accumulate": 1}
 
 
 # The data's contents, under the same data.path or not (a CSV file may change between runs).
@@ -460,6 +465,9 @@ def settings_fingerprint(
     settings["train"] = {
         k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in _FINGERPRINT_TRAIN
     }
+    for k, default in _FINGERPRINT_TRAIN_IF_SET.items():
+        if cfg.train[k] != default:
+            settings["train"][k] = str(cfg.train[k])
     flat = _flat(settings)
     digest = hashlib.sha256()
     for values in (problem.x, problem.y):
@@ -531,6 +539,8 @@ def build_problem(
             cfg.model.init,
             f"a finite number that {dtype} holds (|init| <= {np.finfo(dtype).max:.3g}), or null",
         )
+    batches = BatchSchedule(len(data.y), train.batch_size, train.seed)
+    check_accumulate(train.accumulate, batches)
     return Problem(
         x=x,
         y=y,
@@ -538,12 +548,14 @@ def build_problem(
         model=model,
         loss=parts["loss"],
         optimizer=parts["optimizer"],
-        batches=BatchSchedule(len(data.y), train.batch_size, train.seed),
+        batches=batches,
         dtype=dtype,
         device=device,
         lrs=np.array([float(rule.lr) for rule in rules], dtype=np.float64),
         val_x=None if val is None else val[0],
         val_y=None if val is None else val[1],
+        clip=grad_clip(train.clip_grad_norm, train.clip_grad_value),
+        accumulate=train.accumulate,
     )
 
 
@@ -577,6 +589,24 @@ def watch_of(train: TrainConf, layout: Layout) -> Watch:
         min_delta=early.min_delta,
         target=train.target_loss,
     )
+
+
+def check_accumulate(accumulate: int, batches: BatchSchedule) -> None:
+    """Refuses train.accumulate beyond the mini-batches of one epoch (the data's size is known
+    only now): a step would average some batches twice."""
+    if accumulate <= batches.batches_per_epoch:
+        return
+    if batches.full_batch:
+        allowed = (
+            "1 with full-batch training (one batch is the whole data); set train.batch_size "
+            "to accumulate mini-batches"
+        )
+    else:
+        allowed = (
+            f"at most {batches.batches_per_epoch}, the mini-batches in one epoch "
+            f"({batches.n_samples} samples in batches of {batches.batch_size})"
+        )
+    raise ConfigError("train.accumulate", accumulate, allowed)
 
 
 class Tracker:

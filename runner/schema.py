@@ -167,6 +167,9 @@ class TrainConf:
     steps: int = 100  # optimizer updates; the default run takes about a second
     seed: int = 0
     batch_size: int | None = None  # null: full batch; else shuffled mini-batches from seed
+    clip_grad_norm: float | None = None  # clip_grad_norm_'s max_norm before each update; null: off
+    clip_grad_value: float | None = None  # clip_grad_value_'s clip_value; null: off
+    accumulate: int = 1  # consecutive mini-batches whose mean gradient makes one update
     dtype: DType = DType.float32
     checkpoint_every: int = 1000  # steps between checkpoints; 0 turns them off
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint
@@ -318,6 +321,8 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
         raise ConfigError(
             "data.val_fraction", cfg.data.val_fraction, "a fraction of the rows, 0 <= f < 1"
         )
+    _check_clipping(train.clip_grad_norm, train.clip_grad_value)
+    _at_least(train.accumulate, 1, "train.accumulate")
     _at_least(log.every_n_steps, 1, "log.every_n_steps")
     _at_least(log.max_elements, 1, "log.max_elements")
     if not log.flush_secs >= 0:
@@ -335,6 +340,14 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
             f"with loop=optim only (it needs torch.optim's closure); loop={loop_name} was given",
         )
 
+    if train.accumulate > 1 and not rule.manual:
+        raise ConfigError(
+            "train.accumulate",
+            train.accumulate,
+            f"1 with optimizer={rule.__name__.lower()} (each of its steps evaluates the loss "
+            "of one batch through a closure, several times)",
+        )
+
     data = cfg.data
     if "n_samples" in data:
         _at_least(data.n_samples, 1, "data.n_samples")
@@ -349,6 +362,20 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
             )
         if not data.noise >= 0:
             raise ConfigError("data.noise", data.noise, "a standard deviation >= 0")
+
+
+def _check_clipping(max_norm: float | None, clip_value: float | None) -> None:
+    for key, value in (("train.clip_grad_norm", max_norm), ("train.clip_grad_value", clip_value)):
+        if value is not None and not value > 0:
+            raise ConfigError(key, value, "a number > 0, or null (off)")
+    # One clipping at a time, as Keras (clipnorm / clipvalue) and Lightning
+    # (gradient_clip_algorithm) allow: both at once has no order a user would take for granted.
+    if max_norm is not None and clip_value is not None:
+        raise ConfigError(
+            "train.clip_grad_value",
+            clip_value,
+            f"null while train.clip_grad_norm is set ({max_norm}): one clipping at a time",
+        )
 
 
 def _at_least(value: int, low: int, key: str, allowed: str | None = None) -> None:

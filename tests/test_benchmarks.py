@@ -27,6 +27,7 @@ MEASURED = {
     "step/optim/logging_off": 1.10,
     "step/optim/logging_full": None,
     "step/optim/logging_cost": 1.25,
+    "step/optim/clip_grad_norm": 1.10,
     "startup/numpy_vs_optim": 0.35,
     "startup/optim_vs_import_torch": 1.3,
     "startup/autograd_vs_import_torch": 1.3,
@@ -112,8 +113,9 @@ def test_bare_loops_follow_notebook_000(bench, loop):
     assert loss == pytest.approx(30 * 0.7225**9, rel=1e-5)
 
 
-def test_bare_optim_loop_fits_the_line(bench):
-    _, weight, loss = bench.BARE["optim"](3000)
+@pytest.mark.parametrize("clipped", [False, True])
+def test_bare_optim_loop_fits_the_line(bench, clipped):
+    _, weight, loss = (bench.bare_optim_clipped if clipped else bench.BARE["optim"])(3000)
     assert weight == pytest.approx(2.0, abs=1e-2)
     assert loss < 1e-4
 

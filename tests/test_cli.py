@@ -150,7 +150,7 @@ BAD = [
         "expected one of adadelta, adagrad, adam, adamax, adamw, asgd, lbfgs, nadam, radam, "
         "rmsprop, rprop, sgd; did you mean adam?",
     ),
-    (["+train.lr=5"], "train.lr=5: unknown key; train has: steps, seed, batch_size, dtype, "),
+    (["+train.lr=5"], "train.lr=5: unknown key; train has: steps, seed, batch_size, "),
     (["+train.stpes=5"], "train.stpes=5: unknown key; train has: steps, seed, "),
     (
         ["+optimizer.lrr=5"],

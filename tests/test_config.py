@@ -130,6 +130,32 @@ BAD_INPUTS = [
     (["optimizer=asgd", "optimizer.lambd=-1"], "optimizer.lambd=-1.0: expected a number >= 0"),
     (["train.seed=-3"], "train.seed=-3: expected an integer >= 0"),
     (["log.every_n_steps=0"], "log.every_n_steps=0: expected an integer >= 1"),
+    (["train.clip_grad_norm=0"], "train.clip_grad_norm=0.0: expected a number > 0, or null (off)"),
+    (["train.clip_grad_value=-1"], "train.clip_grad_value=-1.0: expected a number > 0, or null"),
+    (
+        ["train.clip_grad_norm=1", "train.clip_grad_value=0.5"],
+        "train.clip_grad_value=0.5: expected null while train.clip_grad_norm is set (1.0): one "
+        "clipping at a time",
+    ),
+    (["train.accumulate=0"], "train.accumulate=0: expected an integer >= 1"),
+    (
+        ["train.accumulate=2"],
+        "train.accumulate=2: expected 1 with full-batch training (one batch is the whole data); "
+        "set train.batch_size to accumulate mini-batches",
+    ),
+    (
+        ["train.accumulate=2", "train.batch_size=4"],  # the seed line's 4 samples: one batch
+        "train.accumulate=2: expected 1 with full-batch training",
+    ),
+    (
+        ["train.accumulate=3", "train.batch_size=2"],
+        "train.accumulate=3: expected at most 2, the mini-batches in one epoch (4 samples in "
+        "batches of 2)",
+    ),
+    (
+        ["optimizer=lbfgs", "train.accumulate=2", "train.batch_size=2"],
+        "train.accumulate=2: expected 1 with optimizer=lbfgs",
+    ),
 ]
 
 

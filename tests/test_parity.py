@@ -111,7 +111,8 @@ def trajectories(tmp_path, overrides, loops=("numpy", "autograd", "optim")):
     cfg = compose_config(*overrides)
     train: TrainConf = OmegaConf.to_object(cfg.train)
     problem = build_problem(cfg, train, "cpu")
-    layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, cfg.log.max_elements)
+    shapes = {k: np.shape(v) for k, v in problem.init.items()}
+    layout = Layout(shapes, cfg.log.max_elements, problem.extras)
     out = {}
     for loop in loops:
         cls = LOOPS[loop]
@@ -201,3 +202,43 @@ def test_linear_without_bias_and_default_init(tmp_path):
     )
     assert_loops_agree(frames, TOLERANCE["float64"])
     assert "param/bias" not in frames["numpy"].columns
+
+
+# Clipping and accumulation in the shared update path, mini-batches of 5 of 32 samples. The norm
+# threshold clips most of the 100 steps, the value threshold some gradient elements but not all
+# (the test checks both). Norm clipping applies to the accumulated gradient; value clipping,
+# which sets many gradient elements to the same number, and plain accumulation are apart.
+FEATURES = {
+    "clip_grad_norm_accumulate_2": [
+        "train.batch_size=5",
+        "train.accumulate=2",
+        "train.clip_grad_norm=0.5",
+    ],
+    "clip_grad_value": ["train.clip_grad_value=2.0"],
+    "accumulate_3": ["train.batch_size=5", "train.accumulate=3"],
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_clipping_and_accumulation(tmp_path, feature, optimizer, dtype):
+    frames = trajectories(
+        tmp_path,
+        [*LINEAR, *OPTIMIZERS[optimizer], *FEATURES[feature], "train.steps=100",
+         f"train.dtype={dtype}"],
+    )  # fmt: skip
+    assert_loops_agree(frames, TOLERANCE[dtype])
+    reference = frames["optim"]
+    if "clip_grad_norm" in feature:
+        before = reference["grad_norm_before_clip"]
+        assert (before > 0.5).mean() > 0.5  # it clips on most steps
+        clipped = before > 0.5
+        np.testing.assert_allclose(reference["grad_norm"][clipped], 0.5, rtol=1e-5)
+    elif "clip_grad_value" in feature:
+        grads = reference[[c for c in reference.columns if c.startswith("grad/")]].abs()
+        limit = 2.0
+        assert (grads == limit).any(axis=None) and (grads < limit).any(axis=None)
+        assert (grads <= limit).all(axis=None)
+    else:
+        assert "grad_norm_before_clip" not in reference.columns

@@ -52,6 +52,16 @@ CASES += [(loop, name) for loop in ("numpy", "optim") for name in MORE_OPTIMIZER
 OPTIMIZERS.update(MORE_OPTIMIZERS)
 CASES.append(("optim", "lbfgs"))
 OPTIMIZERS["lbfgs"] = ["optimizer=lbfgs", "optimizer.lr=0.1", "optimizer.max_iter=3"]
+# Clipping and accumulation: a checkpoint sits at an optimizer step, so the micro-batch position
+# follows from it (3 micro-batches a step: the crash at step 25 is mid-epoch).
+OPTIMIZERS["adam+clip_grad_norm+accumulate"] = [
+    *OPTIMIZERS["adam"], "train.clip_grad_norm=0.5", "train.accumulate=3"
+]  # fmt: skip
+OPTIMIZERS["sgd+clip_grad_value"] = [*OPTIMIZERS["sgd"], "train.clip_grad_value=0.2"]
+OPTIMIZERS["lbfgs+clip_grad_norm"] = [*OPTIMIZERS["lbfgs"], "train.clip_grad_norm=0.5"]
+CASES += [(loop, "adam+clip_grad_norm+accumulate") for loop in ("numpy", "autograd", "optim")]
+CASES.append(("autograd", "sgd+clip_grad_value"))
+CASES.append(("optim", "lbfgs+clip_grad_norm"))
 
 
 def _crash_after(monkeypatch, loop_module: str, cls: str, step: int) -> None:

@@ -41,6 +41,31 @@ CASES = {
     ),
     "optim-adagrad-minibatch": ("loop=optim", "optimizer=adagrad", *LINEAR, "train.batch_size=4"),
     "optim-rmsprop": ("loop=optim", "optimizer=rmsprop", "loss=l1"),
+    # clipping and accumulation: each job clipped by its own norm, over its own parameters
+    "numpy-adam-clip-accumulate": (
+        "loop=numpy",
+        "optimizer=adam",
+        *LINEAR,
+        "train.batch_size=2",
+        "train.accumulate=3",
+        "train.clip_grad_norm=0.5",
+    ),
+    "autograd-sgd-clip-value-accumulate": (
+        "loop=autograd",
+        "optimizer=sgd",
+        *LINEAR,
+        "train.batch_size=2",
+        "train.accumulate=2",
+        "train.clip_grad_value=0.3",
+    ),
+    "optim-adam-clip-accumulate": (
+        "loop=optim",
+        "optimizer=adam",
+        *LINEAR,
+        "train.batch_size=3",
+        "train.accumulate=2",
+        "train.clip_grad_norm=0.5",
+    ),
 }
 COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7")
 RTOL = 1e-5  # float32 (SPEC)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -24,14 +25,22 @@ from runner.data import BatchSchedule
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
+NO_EXTRAS: Mapping[str, Array] = MappingProxyType({})
+
+# The extra per-job values a feature adds to each StepRecord (see Problem.extras).
+GRAD_NORM_BEFORE_CLIP = "grad_norm_before_clip"
+
 
 class StepRecord(NamedTuple):
     """One optimizer update of every job. Values stay in the loop's own arrays (on its device).
 
     loss (K,): at the parameters before this update; lr (K,): the rate each job used (float64,
     on the host); params (K, *shape): after the update; grads (K, *shape): the ones it used.
-    With one job (K = 1), loss, params and grads are that job's own, without the job axis.
-    A NamedTuple: one is made every step, and it is the cheapest immutable record Python has.
+    extras: more per-job scalars (K,) that features add (Problem.extras names them, in order),
+    e.g. the gradient norm before clipping; empty when none is on.
+    With one job (K = 1), loss, params, grads and extras are that job's own, without the job
+    axis. A NamedTuple: one is made every step, and it is the cheapest immutable record Python
+    has.
     """
 
     step: int
@@ -39,6 +48,7 @@ class StepRecord(NamedTuple):
     lr: np.ndarray
     params: Mapping[str, Array]
     grads: Mapping[str, Array]
+    extras: Mapping[str, Array] = NO_EXTRAS
 
 
 @dataclass(frozen=True)
@@ -57,11 +67,29 @@ class Problem:
     lrs: np.ndarray  # (K,) float64: each job's learning rate
     val_x: np.ndarray | None = None  # held-out rows (data.val_fraction), like x and y
     val_y: np.ndarray | None = None
+    clip: Any = None  # runner.clipping.ClipNorm | ClipValue, applied before the update; or None
+    accumulate: int = 1  # mini-batches whose mean gradient makes one optimizer step
 
     @property
     def jobs(self) -> int:
         """K, the number of jobs trained side by side."""
         return len(self.lrs)
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The names of the per-job scalars every StepRecord of this problem carries in
+        `extras`, in this order. Host rows append them after the gradients, and metrics.csv
+        and TensorBoard after `grad_norm` (runner.metrics.Layout), so a run with none of these
+        features on writes exactly the columns it always did. A feature that logs a value of
+        its own adds its name here and its value to the records."""
+        return (GRAD_NORM_BEFORE_CLIP,) if self.clip is not None else ()
+
+    def micro_batches(self, step: int) -> range:
+        """The batch numbers (1-based, in runner.data.BatchSchedule's order) whose gradients
+        step `step` averages: `accumulate` consecutive ones, so any accumulate walks the data
+        in the same order. A checkpoint after step t continues at batch t * accumulate + 1:
+        the position follows from the step, with no state of its own to save."""
+        return range((step - 1) * self.accumulate + 1, step * self.accumulate + 1)
 
 
 class Loop(Protocol):
@@ -76,7 +104,8 @@ class Loop(Protocol):
 
     @staticmethod
     def to_host(records: list[StepRecord]) -> np.ndarray:
-        """Packs T records into rows [loss, lr, params..., grads...]: (K, T, D) float64."""
+        """Packs T records into rows [loss, lr, params..., grads..., extras...]: (K, T, D)
+        float64."""
         ...
 
     def state(self, job: int) -> dict:
@@ -90,7 +119,7 @@ class Loop(Protocol):
 
 
 def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
-    """Host rows [loss, lr, params..., grads...] of records holding `xp` arrays (see
+    """Host rows [loss, lr, params..., grads..., extras...] of records holding `xp` arrays (see
     Loop.to_host): one stack per parameter across the records, one transfer for them all."""
     t, k = len(records), len(records[0].lr)
     names = list(records[0].params)
@@ -98,7 +127,8 @@ def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
     blocks = [xp.stack([r.loss for r in records]).reshape(t, k, 1)]
     blocks += [xp.stack([r.params[n] for r in records]).reshape(t, k, -1) for n in names]
     blocks += [xp.stack([r.grads[n] for r in records]).reshape(t, k, -1) for n in names]
-    values = to_numpy(xp.concatenate(blocks, axis=2))  # (T, K, 1 + 2P), in the loop's dtype
+    blocks += [xp.stack([r.extras[n] for r in records]).reshape(t, k, 1) for n in records[0].extras]
+    values = to_numpy(xp.concatenate(blocks, axis=2))  # (T, K, 1 + 2P + E), the loop's dtype
     rows = np.empty((k, t, values.shape[2] + 1))
     rows[..., 0] = values[..., 0].T
     rows[..., 1] = np.stack([r.lr for r in records], 1)

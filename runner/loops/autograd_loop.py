@@ -8,7 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from runner.loops import Problem, StepRecord, job_slice, load_job_slice
+from runner.loops import (
+    GRAD_NORM_BEFORE_CLIP,
+    NO_EXTRAS,
+    Problem,
+    StepRecord,
+    job_slice,
+    load_job_slice,
+)
 from runner.loops.torch_common import TorchData, pack_torch
 from runner.optim_rules import for_jobs
 
@@ -43,21 +50,29 @@ class AutogradLoop:
         return {k: p.detach() for k, p in self.params.items()}
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
-        model, rule, data, loss_fn = self.problem.model, self.rule, self.data, self.loss_fn
+        model, rule, data = self.problem.model, self.rule, self.data
         full_batch, lrs, jobs = data.batches.full_batch, self.problem.lrs, self.problem.jobs
+        accumulate, clip = self.problem.accumulate, self.problem.clip
         x, y = model.inputs(data.x), data.y
+        extras = NO_EXTRAS
         for step in range(first, last + 1):
-            if not full_batch:
-                x, y = data.batch(step)
-                x = model.inputs(x)
-            pred = model.forward(self.params, x, torch)  # (K, N), or (N,) for one job
-            if jobs == 1:
-                loss = loss_fn(pred, y)
-                loss.backward()
+            if accumulate == 1:
+                if not full_batch:
+                    x, y = data.batch(step)
+                    x = model.inputs(x)
+                loss = self._backward(x, y)
             else:
-                loss = loss_fn(pred, y.expand(jobs, -1)).mean(dim=-1)  # (K,)
-                loss.sum().backward()
+                # As seed notebooks 001/004 show: .grad is not zeroed between the backward
+                # calls, so it sums the micro-batches' gradients of loss / accumulate: their mean.
+                loss = None
+                for number in self.problem.micro_batches(step):
+                    x, y = data.batch(number)
+                    part = self._backward(model.inputs(x), y, accumulate)
+                    loss = part if loss is None else loss + part
             grads = {k: p.grad.clone() for k, p in self.params.items()}
+            if clip is not None:
+                grads, norm = clip.clip(grads, torch, jobs > 1)
+                extras = {GRAD_NORM_BEFORE_CLIP: norm}
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
                 # and it returns new tensors, never its inputs (every parameter has a gradient).
@@ -65,7 +80,25 @@ class AutogradLoop:
                 for k, p in self.params.items():
                     p.copy_(new[k])
                     p.grad.zero_()
-            yield StepRecord(step, loss.detach(), lrs, new, grads)
+            yield StepRecord(step, loss, lrs, new, grads, extras)
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """Forward and backward of one batch, adding its gradients into .grad; its loss,
+        detached. With `parts` > 1 the loss is divided by it first (one micro-batch's share of
+        an accumulated step), as a torch user scales it."""
+        jobs, loss_fn = self.problem.jobs, self.loss_fn
+        pred = self.problem.model.forward(self.params, x, torch)  # (K, N), or (N,) for one job
+        if jobs == 1:
+            loss = loss_fn(pred, y)
+            if parts > 1:
+                loss = loss / parts
+            loss.backward()
+        else:
+            loss = loss_fn(pred, y.expand(jobs, -1)).mean(dim=-1)  # (K,)
+            if parts > 1:
+                loss = loss / parts
+            loss.sum().backward()  # the sum has each job's own gradient in its row
+        return loss.detach()
 
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step."""

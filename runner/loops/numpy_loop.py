@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from runner.loops import Problem, StepRecord, job_slice, load_job_slice, pack_numpy
+from runner.loops import (
+    GRAD_NORM_BEFORE_CLIP,
+    NO_EXTRAS,
+    Problem,
+    StepRecord,
+    job_slice,
+    load_job_slice,
+    pack_numpy,
+)
 from runner.optim_rules import for_jobs
 
 
@@ -32,19 +40,50 @@ class NumpyLoop:
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         p = self.problem
         model, loss_fn, rule, batches = p.model, p.loss, self.rule, p.batches
-        full_batch, lrs = batches.full_batch, p.lrs
+        full_batch, lrs, clip, jobs_axis = batches.full_batch, p.lrs, p.clip, p.jobs > 1
+        accumulate = p.accumulate
         x, y = model.inputs(p.x), p.y
+        extras = NO_EXTRAS
         for step in range(first, last + 1):
-            if not full_batch:
-                idx = batches.indices(step)
-                x, y = model.inputs(p.x[idx]), p.y[idx]
-            pred = model.forward(self.params, x, np)  # (K, N), or (N,) for one job
-            loss, dpred = loss_fn.value_and_grad(pred, y)  # (K,), (K, N)
-            # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
-            # scalars never widen an array), which tests/test_gradients.py checks.
-            grads = model.backward(self.params, x, dpred)
+            if accumulate == 1:
+                if not full_batch:
+                    idx = batches.indices(step)
+                    x, y = model.inputs(p.x[idx]), p.y[idx]
+                # written out (as in _accumulated): a call costs 2% of a step this small
+                pred = model.forward(self.params, x, np)  # (K, N), or (N,) for one job
+                loss, dpred = loss_fn.value_and_grad(pred, y)  # (K,), (K, N)
+                # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
+                # scalars never widen an array), which tests/test_gradients.py checks.
+                grads = model.backward(self.params, x, dpred)
+            else:
+                loss, grads = self._accumulated(step)
+            if clip is not None:
+                grads, norm = clip.clip(grads, np, jobs_axis)
+                extras = {GRAD_NORM_BEFORE_CLIP: norm}
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
-            yield StepRecord(step, loss, lrs, self.params, grads)
+            yield StepRecord(step, loss, lrs, self.params, grads, extras)
+
+    def _accumulated(self, step: int) -> tuple:
+        """The mean loss and mean gradients of the step's micro-batches, summed in batch order
+        as autograd accumulates them into .grad: each batch's share of loss / accumulate."""
+        p = self.problem
+        model, parts = p.model, p.accumulate
+        loss = grads = None
+        for number in p.micro_batches(step):
+            idx = p.batches.indices(number)
+            x, y = model.inputs(p.x[idx]), p.y[idx]
+            pred = model.forward(self.params, x, np)
+            part, dpred = p.loss.value_and_grad(pred, y)
+            # What backward of loss / parts computes: dL/dloss = 1/parts in the dtype, times
+            # the loss's own gradient (torch's MSE backward multiplies in this order).
+            part, dpred = part / parts, dpred * (1.0 / parts)
+            part_grads = model.backward(self.params, x, dpred)
+            if grads is None:
+                loss, grads = part, part_grads
+            else:
+                loss = loss + part
+                grads = {n: grads[n] + g for n, g in part_grads.items()}
+        return loss, grads
 
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step (arrays are never

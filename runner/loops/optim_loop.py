@@ -2,7 +2,9 @@
 
 Each step is the loop a user writes: zero_grad, forward, loss, backward, step. LBFGS, which
 evaluates the loss several times per step, steps through `optimizer.step(closure)` instead, and
-its step's loss and gradients are those of the closure's first evaluation.
+its step's loss and gradients are those of the closure's first evaluation. With
+train.accumulate = A, zero_grad comes once every A micro-batches, each backward of loss / A
+adding into .grad; with clipping, torch.nn.utils clips .grad just before optimizer.step().
 
 K jobs keep K modules and K optimizers, each job's own, at its own rate. Their parameters are
 views of the rows of one (K, *shape) tensor per parameter, so one forward of the module over
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from runner.loops import Problem, StepRecord
+from runner.loops import GRAD_NORM_BEFORE_CLIP, NO_EXTRAS, Problem, StepRecord
 from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
 
 
@@ -68,48 +70,65 @@ class OptimLoop:
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
         step_jobs = self._step_one if self.problem.jobs == 1 else self._step_many
-        data, lrs = self.data, self.problem.lrs
+        data, lrs, accumulate = self.data, self.problem.lrs, self.problem.accumulate
         full_batch = data.batches.full_batch
-        x, y = data.x, data.y
+        batches = [(data.x, data.y)]
         for step in range(first, last + 1):
             if not full_batch:
-                x, y = data.batch(step)
-            loss, grads = step_jobs(step, x, y)
+                batches = [data.batch(n) for n in self.problem.micro_batches(step)]
+            loss, grads, extras = step_jobs(step, batches, accumulate)
             params = {k: p.detach().clone() for k, p in self.stacked.items()}
-            yield StepRecord(step, loss, lrs, params, grads)
+            yield StepRecord(step, loss, lrs, params, grads, extras)
 
-    def _step_one(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _step_one(self, step: int, batches: list, parts: int) -> tuple[torch.Tensor, dict, dict]:
         """One job: the plain user loop on its module."""
         module, optimizer, named = self.modules[0], self.optimizers[0], self.named[0]
         if self.needs_closure:
-            loss, grads = self._step_with_closure(x, y)
-        else:
-            # set_to_none: each backward makes new gradient tensors and the optimizer only
-            # reads them, so the record can keep them as they are, without a copy.
-            optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(module(x), y)
-            loss.backward()
-            grads = {k: p.grad for k, p in named.items()}
-            self._step(0, step, optimizer, named)
-            loss = loss.detach()
-        return loss, grads
+            return self._step_with_closure(*batches[0])
+        # set_to_none: each step's first backward makes new gradient tensors, the next ones
+        # add into them, and the optimizer only reads them, so the record can keep them as
+        # they are, without a copy.
+        optimizer.zero_grad(set_to_none=True)
+        loss = None
+        for x, y in batches:
+            part = self.loss_fn(module(x), y)
+            if parts > 1:
+                part = part / parts
+            part.backward()
+            loss = part.detach() if loss is None else loss + part.detach()
+        extras = NO_EXTRAS
+        if self.problem.clip is not None:
+            extras = {GRAD_NORM_BEFORE_CLIP: self.problem.clip.clip_torch(named.values())}
+        grads = {k: p.grad for k, p in named.items()}
+        self._step(0, step, optimizer, named)
+        return loss, grads, extras
 
-    def _step_many(self, step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """K jobs: one forward of the module over every job's parameters, one backward, then
-        every job's optimizer steps its rows."""
+    def _step_many(self, step: int, batches: list, parts: int) -> tuple[torch.Tensor, dict, dict]:
+        """K jobs: one forward of the module over every job's parameters, one backward (per
+        micro-batch), then every job's optimizer steps its rows."""
         for rows in self.stacked.values():
             rows.grad = None
-        preds = self.forward_jobs(self.stacked, x)
-        per_sample = self.per_sample_loss(preds, y.expand_as(preds))  # (K, N, 1)
-        loss = per_sample.mean(dim=(1, 2))  # (K,): the sum's gradient is each job's own
-        loss.sum().backward()
+        loss = None
+        for x, y in batches:
+            preds = self.forward_jobs(self.stacked, x)
+            per_sample = self.per_sample_loss(preds, y.expand_as(preds))  # (K, N, 1)
+            part = per_sample.mean(dim=(1, 2))  # (K,): the sum's gradient is each job's own
+            if parts > 1:
+                part = part / parts
+            part.sum().backward()
+            loss = part.detach() if loss is None else loss + part.detach()
+        clip, norms = self.problem.clip, []
         for j, (optimizer, named) in enumerate(zip(self.optimizers, self.named, strict=True)):
-            if j in self.failed:
+            if clip is None and j in self.failed:
                 continue
             for k, p in named.items():
                 p.grad = self.stacked[k].grad[j]
-            self._step(j, step, optimizer, named)
-        return loss.detach(), {k: rows.grad for k, rows in self.stacked.items()}
+            if clip is not None:  # in place, on views of the job's rows: the job's own norm
+                norms.append(clip.clip_torch(named.values()))
+            if j not in self.failed:
+                self._step(j, step, optimizer, named)
+        extras = NO_EXTRAS if clip is None else {GRAD_NORM_BEFORE_CLIP: torch.stack(norms)}
+        return loss, {k: rows.grad for k, rows in self.stacked.items()}, extras
 
     def _step(self, job: int, step: int, optimizer: torch.optim.Optimizer, named: dict) -> None:
         try:
@@ -117,18 +136,25 @@ class OptimLoop:
         except Exception as err:
             self.failed[job] = (step, err)
 
-    def _step_with_closure(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """One optimizer.step(closure); the loss and gradients of the closure's first call."""
+    def _step_with_closure(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, dict, dict]:
+        """One optimizer.step(closure); the loss and gradients of the closure's first call
+        (clipped in the closure, where a torch user clips them for LBFGS)."""
         first_eval: list = []
         module, optimizer, named = self.modules[0], self.optimizers[0], self.named[0]
+        clip = self.problem.clip
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
             loss = self.loss_fn(module(x), y)
             loss.backward()
+            extras = NO_EXTRAS
+            if clip is not None:
+                extras = {GRAD_NORM_BEFORE_CLIP: clip.clip_torch(named.values())}
             if not first_eval:
                 grads = {k: p.grad.detach().clone() for k, p in named.items()}
-                first_eval.append((loss.detach(), grads))
+                first_eval.append((loss.detach(), grads, extras))
             return loss
 
         optimizer.step(closure)
