@@ -486,6 +486,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): repr(tree)}
 
 
+# A setting a checkpoint predates (optimizer.maximize, say) at these values changes nothing.
+_OFF = (repr(False), repr(None))
+
+
 def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
     """Refuses a resume whose settings differ from its checkpoint's (`saved`, its meta),
     naming the first difference: a group by its options, other keys by their values."""
@@ -493,6 +497,8 @@ def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> No
     for key in sorted(set(before) | set(current)):
         if before.get(key) == current.get(key):
             continue
+        if key not in before and current[key] in _OFF:
+            continue  # a key newer than the checkpoint, at the value that leaves it off
         group = key.split(".")[0]
         was, is_now = saved.get("choices", {}).get(group), now["choices"].get(group)
         if was and is_now and was != is_now:

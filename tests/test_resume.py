@@ -478,3 +478,26 @@ def test_a_full_disk_names_the_file_and_leaves_a_failed_resumable_run(tmp_path, 
     summary_after, _ = train(run_dir, *args, "train.resume=true")  # once there is room again
     assert summary_after["status"] == "completed"
     assert (run_dir / "metrics.csv").read_bytes() == straight
+
+
+def test_a_checkpoint_older_than_a_new_key_resumes_while_the_key_is_off(tmp_path):
+    # A checkpoint written before optimizer.maximize existed: its settings lack the key. Once
+    # resumed, the run's checkpoints hold it, and turning it on is refused as any change is.
+    from runner import checkpoint
+
+    args = ["loop=numpy", "train.steps=20", "train.checkpoint_every=5"]
+    train(tmp_path / "straight", *args)
+    train(tmp_path / "old", "loop=numpy", "train.steps=10", "train.checkpoint_every=5")
+    saved = checkpoint.load(tmp_path / "old" / "checkpoint", "numpy")
+    meta = dict(saved.meta)
+    meta["fingerprint"] = {k: v for k, v in meta["fingerprint"].items() if "maximize" not in k}
+    checkpoint.save(tmp_path / "old" / "checkpoint", "numpy", saved.state, meta)
+
+    summary, _ = train(tmp_path / "old", *args, "train.resume=true")
+    assert summary["steps_completed"] == 20
+    assert (tmp_path / "old" / "metrics.csv").read_bytes() == (
+        tmp_path / "straight" / "metrics.csv"
+    ).read_bytes()
+    with pytest.raises(ConfigError, match=r"optimizer\.maximize was False, now True"):
+        train(tmp_path / "old", *args[:2], "train.steps=30", "optimizer.maximize=true",
+              "train.resume=true")  # fmt: skip
