@@ -29,7 +29,7 @@ from runner.clipping import grad_clip
 from runner.data import BatchSchedule, hold_out
 from runner.device import resolve_device
 from runner.errors import ConfigError
-from runner.loops import Problem
+from runner.loops import VAL_LOSS, Problem
 from runner.metrics import Layout
 from runner.schema import LogConf, TrainConf, validate
 from runner.signals import Interrupted, StopSignals
@@ -633,7 +633,9 @@ class Tracker:
         self.stop_reason: str | None = None  # one of EARLY_STOPS, once the watch stops the run
         self.steps_completed = 0
         self.rows_logged = 0  # how many rows the sinks were given: a resume checks metrics.csv
-        self.best_loss = math.inf
+        self.best_loss = self.best_val_loss = math.inf
+        # where val_loss sits in a host row, when the run holds rows out
+        self.val_column = layout.row_index(VAL_LOSS) if VAL_LOSS in layout.extras else None
         self.best_value = math.inf  # of the monitored value
         self.best_step: int | None = None
         self.best_params: np.ndarray | None = None  # flat, float64
@@ -650,9 +652,10 @@ class Tracker:
         elif bad.size:  # stop at the first non-finite loss, parameter or gradient
             rows, steps = rows[: first_bad + 1], steps[: first_bad + 1]
             self.diverged_at = int(steps[-1])
-        finite = rows[np.isfinite(rows[:, 0]), 0]
-        if finite.size:
-            self.best_loss = min(self.best_loss, float(finite.min()))
+        for column, best in ((0, "best_loss"), (self.val_column, "best_val_loss")):
+            finite = rows[np.isfinite(rows[:, column]), column] if column is not None else ()
+            if len(finite):
+                setattr(self, best, min(getattr(self, best), float(finite.min())))
         self.steps_completed = int(steps[-1])
         self.last_row = rows[-1]
         logged = (steps % self.every == 0) | (steps == self.last_step) | (steps == self.diverged_at)
@@ -717,6 +720,7 @@ class Tracker:
         return {
             "steps_completed": self.steps_completed,
             "best_loss": _finite_or_none(self.best_loss),
+            "best_val_loss": _finite_or_none(self.best_val_loss),
             "last_row": None if self.last_row is None else self.last_row.tolist(),
             "rows_logged": self.rows_logged,
             "best_value": _finite_or_none(self.best_value),
@@ -729,6 +733,8 @@ class Tracker:
         self.steps_completed = int(state["steps_completed"])
         best = state["best_loss"]
         self.best_loss = math.inf if best is None else float(best)
+        best_val = state.get("best_val_loss")
+        self.best_val_loss = math.inf if best_val is None else float(best_val)
         row = state["last_row"]
         self.last_row = None if row is None else np.array(row, dtype=np.float64)
         self.rows_logged = int(state["rows_logged"])
@@ -751,8 +757,8 @@ class Tracker:
             "diverged_at_step": self.diverged_at,
             "best_step": self.best_step,
         }
-        if self.watch.name != "loss":
-            results[f"best_{self.watch.name}"] = _finite_or_none(self.best_value)
+        if VAL_LOSS in self.layout.extras:
+            results["best_val_loss"] = _finite_or_none(self.best_val_loss)
         if self.best_params is not None:
             best = self.layout.tensors(np.concatenate([[0.0, 0.0], self.best_params]), "param")
             results["best_params"] = {k: v.tolist() for k, v in best.items()}

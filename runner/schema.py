@@ -301,12 +301,6 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     early_stop = train.early_stop
     if early_stop.monitor not in MONITORED:
         raise ConfigError("train.early_stop.monitor", early_stop.monitor, " or ".join(MONITORED))
-    if early_stop.monitor == "val_loss" and cfg.data.val_fraction > 0:
-        raise ConfigError(
-            "train.early_stop.monitor",
-            "val_loss",
-            "loss (runs do not evaluate val_loss yet: the held-out rows are only set apart)",
-        )
     if early_stop.monitor == "val_loss" and not cfg.data.val_fraction > 0:
         raise ConfigError(
             "train.early_stop.monitor",

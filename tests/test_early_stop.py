@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.data import Dataset, hold_out
+from runner.data import Dataset, hold_out, synthetic
 from runner.errors import ConfigError
 from runner.jobs import final_line
 from runner.run import Job, run, run_jobs
@@ -107,6 +107,7 @@ def test_without_early_stopping_the_best_step_is_the_lowest_loss(tmp_path):
 def test_an_early_stopping_run_resumes_byte_identically(tmp_path, monkeypatch, loop):
     args = (f"loop={loop}", *NOISY, "train.steps=150", "train.checkpoint_every=5")
     args = (*args, "train.early_stop.patience=6", "train.early_stop.min_delta=0.01")
+    args = (*args, "data.val_fraction=0.25", "train.early_stop.monitor=val_loss")
     straight, _ = train(tmp_path / "straight", *args)
     crash_at = straight["steps_completed"] - 3
     with monkeypatch.context() as patch:
@@ -117,7 +118,7 @@ def test_an_early_stopping_run_resumes_byte_identically(tmp_path, monkeypatch, l
     assert (tmp_path / "resumed" / "metrics.csv").read_bytes() == (
         tmp_path / "straight" / "metrics.csv"
     ).read_bytes()
-    for key in ("stop_reason", "steps_completed", "best_step", "best_params", "params"):
+    for key in ("stop_reason", "steps_completed", "best_step", "best_params", "best_val_loss"):
         assert summary[key] == straight[key], key
     # an early-stopped run is over: resuming it again trains nothing
     again, _ = train(tmp_path / "resumed", *args, "train.resume=true")
@@ -129,6 +130,7 @@ def test_side_by_side_jobs_each_stop_on_their_own(tmp_path, loop):
     args = ("log.progress=false", f"loop={loop}", *NOISY, "train.steps=120")
     # float64: every job then matches its run alone so closely that each stops at its step
     args = (*args, "train.early_stop.patience=5", "train.dtype=float64")
+    args = (*args, "data.val_fraction=0.25", "train.early_stop.monitor=val_loss")
     rates = ["0.01", "0.05", "0.2"]
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / lr, (lr,))
@@ -140,6 +142,7 @@ def test_side_by_side_jobs_each_stop_on_their_own(tmp_path, loop):
         alone = run(job.cfg, tmp_path / "alone" / job.out_dir.name, job.overrides)
         for key in ("status", "stop_reason", "steps_completed", "best_step"):
             assert result.summary[key] == alone[key], key
+        assert result.summary["best_val_loss"] == pytest.approx(alone["best_val_loss"], rel=1e-12)
         a = pd.read_csv(job.out_dir / "metrics.csv")
         b = pd.read_csv(tmp_path / "alone" / job.out_dir.name / "metrics.csv")
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-10, atol=1e-12)
@@ -148,6 +151,31 @@ def test_side_by_side_jobs_each_stop_on_their_own(tmp_path, loop):
 
 
 # --- held-out rows ---------------------------------------------------------------------------
+
+
+VALIDATED = (*NOISY, "data.n_samples=16", "data.val_fraction=0.25", "train.dtype=float64")
+
+
+def test_val_loss_is_the_held_out_rows_loss_before_each_update(tmp_path):
+    summary, metrics = train(tmp_path / "run", "loop=numpy", *VALIDATED, "train.steps=30")
+    data = synthetic(n_samples=16, n_features=2, weight=2.0, bias=0.5, noise=0.5, seed=0)
+    _, val = hold_out(data, 0.25, seed=0)
+    assert len(val.y) == 4
+    for step in range(2, 31):  # step t's val_loss is at the parameters after step t - 1
+        before = metrics.iloc[step - 2]
+        w = before[["param/weight/0", "param/weight/1"]].to_numpy(float)
+        want = np.mean((val.x @ w + before["param/bias"] - val.y) ** 2)
+        assert metrics["val_loss"].iloc[step - 1] == pytest.approx(want, rel=1e-12)
+    assert summary["best_val_loss"] == pytest.approx(metrics["val_loss"].min(), rel=1e-15)
+    assert list(metrics.columns)[-1] == "val_loss"  # after every column a run had before
+
+
+def test_the_three_loops_agree_on_val_loss(tmp_path):
+    frames = [train(tmp_path / loop, f"loop={loop}", *VALIDATED, "optimizer=adam",
+                    "train.steps=100")[1] for loop in LOOPS]  # fmt: skip
+    reference = frames[2]["val_loss"].to_numpy()
+    for frame in frames[:2]:
+        np.testing.assert_allclose(frame["val_loss"].to_numpy(), reference, rtol=1e-10)
 
 
 def test_hold_out_draws_the_rows_from_the_seed():

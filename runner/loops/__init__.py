@@ -29,6 +29,7 @@ NO_EXTRAS: Mapping[str, Array] = MappingProxyType({})
 
 # The extra per-job values a feature adds to each StepRecord (see Problem.extras).
 GRAD_NORM_BEFORE_CLIP = "grad_norm_before_clip"
+VAL_LOSS = "val_loss"  # the loss on the held-out rows, at the parameters `loss` was taken at
 
 
 class StepRecord(NamedTuple):
@@ -82,7 +83,8 @@ class Problem:
         and TensorBoard after `grad_norm` (runner.metrics.Layout), so a run with none of these
         features on writes exactly the columns it always did. A feature that logs a value of
         its own adds its name here and its value to the records."""
-        return (GRAD_NORM_BEFORE_CLIP,) if self.clip is not None else ()
+        names = (GRAD_NORM_BEFORE_CLIP,) if self.clip is not None else ()
+        return names + ((VAL_LOSS,) if self.val_x is not None else ())
 
     def micro_batches(self, step: int) -> range:
         """The batch numbers (1-based, in runner.data.BatchSchedule's order) whose gradients

@@ -11,6 +11,7 @@ import torch
 from runner.loops import (
     GRAD_NORM_BEFORE_CLIP,
     NO_EXTRAS,
+    VAL_LOSS,
     Problem,
     StepRecord,
     job_slice,
@@ -73,6 +74,8 @@ class AutogradLoop:
             if clip is not None:
                 grads, norm = clip.clip(grads, torch, jobs > 1)
                 extras = {GRAD_NORM_BEFORE_CLIP: norm}
+            if data.val_x is not None:
+                extras = {**extras, VAL_LOSS: self._val_loss()}
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
                 # and it returns new tensors, never its inputs (every parameter has a gradient).
@@ -81,6 +84,15 @@ class AutogradLoop:
                     p.copy_(new[k])
                     p.grad.zero_()
             yield StepRecord(step, loss, lrs, new, grads, extras)
+
+    @torch.no_grad()
+    def _val_loss(self) -> torch.Tensor:
+        """The loss on the held-out rows, without a graph, at the parameters before the update."""
+        model, data, jobs = self.problem.model, self.data, self.problem.jobs
+        pred = model.forward(self.params, model.inputs(data.val_x), torch)
+        if jobs == 1:
+            return self.loss_fn(pred, data.val_y)
+        return self.loss_fn(pred, data.val_y.expand(jobs, -1)).mean(dim=-1)
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
         """Forward and backward of one batch, adding its gradients into .grad; its loss,

@@ -9,6 +9,7 @@ import numpy as np
 from runner.loops import (
     GRAD_NORM_BEFORE_CLIP,
     NO_EXTRAS,
+    VAL_LOSS,
     Problem,
     StepRecord,
     job_slice,
@@ -43,6 +44,7 @@ class NumpyLoop:
         full_batch, lrs, clip, jobs_axis = batches.full_batch, p.lrs, p.clip, p.jobs > 1
         accumulate = p.accumulate
         x, y = model.inputs(p.x), p.y
+        val_x = None if p.val_x is None else model.inputs(p.val_x)
         extras = NO_EXTRAS
         for step in range(first, last + 1):
             if accumulate == 1:
@@ -60,6 +62,9 @@ class NumpyLoop:
             if clip is not None:
                 grads, norm = clip.clip(grads, np, jobs_axis)
                 extras = {GRAD_NORM_BEFORE_CLIP: norm}
+            if val_x is not None:  # at the parameters `loss` was taken at, before the update
+                val_pred = model.forward(self.params, val_x, np)
+                extras = {**extras, VAL_LOSS: loss_fn.value_and_grad(val_pred, p.val_y)[0]}
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
             yield StepRecord(step, loss, lrs, self.params, grads, extras)
 

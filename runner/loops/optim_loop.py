@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from runner.loops import GRAD_NORM_BEFORE_CLIP, NO_EXTRAS, Problem, StepRecord
+from runner.loops import GRAD_NORM_BEFORE_CLIP, NO_EXTRAS, VAL_LOSS, Problem, StepRecord
 from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
 
 
@@ -76,9 +76,21 @@ class OptimLoop:
         for step in range(first, last + 1):
             if not full_batch:
                 batches = [data.batch(n) for n in self.problem.micro_batches(step)]
+            val_loss = None if data.val_x is None else self._val_loss()  # before the update
             loss, grads, extras = step_jobs(step, batches, accumulate)
+            if val_loss is not None:
+                extras = {**extras, VAL_LOSS: val_loss}
             params = {k: p.detach().clone() for k, p in self.stacked.items()}
             yield StepRecord(step, loss, lrs, params, grads, extras)
+
+    @torch.no_grad()
+    def _val_loss(self) -> torch.Tensor:
+        """The loss on the held-out rows, without a graph: (K,), or a scalar for one job."""
+        data = self.data
+        if self.problem.jobs == 1:
+            return self.loss_fn(self.modules[0](data.val_x), data.val_y)
+        preds = self.forward_jobs(self.stacked, data.val_x)
+        return self.per_sample_loss(preds, data.val_y.expand_as(preds)).mean(dim=(1, 2))
 
     def _step_one(self, step: int, batches: list, parts: int) -> tuple[torch.Tensor, dict, dict]:
         """One job: the plain user loop on its module."""

@@ -25,6 +25,12 @@ class TorchData:
         self.y = torch.as_tensor(problem.y, dtype=self.dtype, device=self.device)  # (N,)
         if column_targets:
             self.y = self.y[:, None]  # (N, 1)
+        self.val_x = self.val_y = None  # the held-out rows, when there are any
+        if problem.val_x is not None:
+            self.val_x = torch.as_tensor(problem.val_x, dtype=self.dtype, device=self.device)
+            self.val_y = torch.as_tensor(problem.val_y, dtype=self.dtype, device=self.device)
+            if column_targets:
+                self.val_y = self.val_y[:, None]
         self.batches = problem.batches
 
     def tensor(self, value: np.ndarray) -> torch.Tensor:
