@@ -138,7 +138,10 @@ def screenshot(chromium: str, url: str, path: Path, size: tuple[int, int]) -> No
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
     path.unlink(missing_ok=True)
-    subprocess.run(args, capture_output=True, timeout=120, check=False)
+    try:
+        subprocess.run(args, capture_output=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"Chromium drew nothing of {url} in {err.timeout} s") from err
     if not path.exists():
         raise RuntimeError(f"Chromium wrote no {path}")
 
@@ -156,11 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        runner(*RUN, *COMMON, f"hydra.run.dir={root / 'run'}", cwd=root)
-        runner("-m", f"optimizer.lr={','.join(RATES)}", *COMMON,
-               f"hydra.sweep.dir={root / 'sweep'}", cwd=root)  # fmt: skip
         sweep_runs = [f"{i}_optimizer.lr={lr}/tensorboard" for i, lr in enumerate(RATES)]
         try:
+            runner(*RUN, *COMMON, f"hydra.run.dir={root / 'run'}", cwd=root)
+            runner("-m", f"optimizer.lr={','.join(RATES)}", *COMMON,
+                   f"hydra.sweep.dir={root / 'sweep'}", cwd=root)  # fmt: skip
             for name, logdir, runs in (("run", root / "run", ["tensorboard"]),
                                        ("sweep", root / "sweep", sweep_runs)):  # fmt: skip
                 with tensorboard(logdir, root / f"{name}_tensorboard.log") as address:
