@@ -21,6 +21,7 @@ from runner.sinks.tensorboard_sink import (
     HParams,
     TensorBoardSink,
     hparams_of,
+    scalars_layout,
 )
 from tests.helpers import REPO, compose_config, wait_for
 
@@ -136,6 +137,23 @@ def test_tensorboard_experiment_and_layout_put_the_loss_first(runs, tmp_path, mo
     assert [c.title for c in layout.category] == ["loss", "param", "grad"]
     charts = [(chart.title, list(chart.multiline.tag)) for chart in layout.category[0].chart]
     assert charts == [("loss", ["^loss$"]), ("lr", ["^lr$"]), ("grad_norm", ["^grad_norm$"])]
+
+
+def test_the_layout_follows_the_columns_a_run_logs():
+    columns = [
+        "loss", "lr", "param_norm/weight", "param/bias", "grad_norm/weight", "grad/bias",
+        "grad_norm", "grad_norm_before_clip", "val_loss", "other/x/0", "other/x/1",
+    ]  # fmt: skip
+    assert scalars_layout(columns) == {
+        "loss": {
+            "loss": ["^loss$", "^val_loss$"],  # one chart: training and held-out loss
+            "lr": ["^lr$"],
+            "grad_norm": ["^grad_norm$", "^grad_norm_before_clip$"],
+        },
+        "param": {"param_norm/weight": ["^param_norm/weight$"], "param/bias": ["^param/bias$"]},
+        "grad": {"grad_norm/weight": ["^grad_norm/weight$"], "grad/bias": ["^grad/bias$"]},
+        "other": {"other/x": ["^other/x/0$", "^other/x/1$"]},
+    }
 
 
 def test_hparams_metrics_are_the_losses_and_accuracies_of_the_summary(tmp_path):

@@ -30,8 +30,13 @@ HISTOGRAM_MIN_ELEMENTS = HISTOGRAM_BUCKETS
 _METRIC_KEY = re.compile(r"(final|best)_(\w+_)?(loss|accuracy)")
 
 # The curves the Custom Scalars tab opens on, as (chart, tags), in this order; the tags present
-# in a run are drawn, those it lacks are left out.
-_LEADING_CHARTS = (("loss", ("loss", "val_loss")), ("lr", ("lr",)), ("grad_norm", ("grad_norm",)))
+# in a run are drawn, those it lacks are left out (val_loss with held-out rows, the norm before
+# clipping with train.clip_grad_norm).
+_LEADING_CHARTS = (
+    ("loss", ("loss", "val_loss")),
+    ("lr", ("lr",)),
+    ("grad_norm", ("grad_norm", "grad_norm_before_clip")),
+)
 
 
 @dataclass(frozen=True)
