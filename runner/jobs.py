@@ -126,13 +126,19 @@ SWEPT_KEYS_ENV = "RUNNER_SWEPT_KEYS"
 MAX_DIRNAME_BYTES = 200
 
 
+def swept_keys() -> set[str] | None:
+    """The keys the sweep this process runs a job of varies on its command line (none for a
+    search that draws its values); None outside a sweep."""
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    return None if swept is None else {key for key in swept.split(",") if key}
+
+
 def job_dirname(num: int, overrides: list[str]) -> str:
     """`<job number>_<swept key=value,...>`: readable run names in `tensorboard --logdir`.
 
     A name too long for a directory (a swept list of many values) keeps its start and gains a
     digest of the whole, so that it stays the same for the same values and differs otherwise."""
-    swept = os.environ.get(SWEPT_KEYS_ENV)
-    keys = set(swept.split(",")) if swept is not None else None
+    keys = swept_keys()
     chosen = [o for o in overrides if keys is None or o.lstrip("+~").split("=")[0] in keys]
     # a value may hold a path; a job directory must stay one directory
     name = ",".join(chosen).replace("/", "%2F")

@@ -792,7 +792,7 @@ def open_sinks(
             TensorBoardSink(
                 out_dir / "tensorboard",
                 layout,
-                config_yaml=OmegaConf.to_yaml(cfg),
+                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 hparams=hparams_of(cfg, overrides, choices),
                 resume_at=resume_at,
             )

@@ -8,7 +8,8 @@ this one takes ~1-4 us. Scalar and histogram events are not built as proto objec
 event for one tag set has the same bytes except the step, the wall time and a fixed number of
 floats, so rows are buffered in numpy arrays and a whole block is encoded at flush time from a
 byte template, then each record gets its CRC-32C from one call of ``google_crc32c`` (C).
-Rarer events (text, hparams) go through the protobuf classes.
+Rarer events (text, hparams, the custom-scalars layout) go through TensorBoard's protobuf
+classes.
 
 Nothing reaches the file until ``flush()``, which issues a single ``os.write``: a killed
 process leaves the file exactly as of its last flush (plus, at worst, a torn tail from a write
@@ -24,7 +25,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import google_crc32c
 import numpy as np
@@ -48,6 +49,7 @@ HISTOGRAM_BUCKETS = 30
 # importing that module costs ~0.2 s because it pulls tensor_util, so they are restated here and
 # the tests check them against it).
 _HPARAMS_PLUGIN = "hparams"
+_HPARAMS_EXPERIMENT_TAG = "_hparams_/experiment"
 _HPARAMS_SESSION_START_TAG = "_hparams_/session_start_info"
 _HPARAMS_SESSION_END_TAG = "_hparams_/session_end_info"
 
@@ -238,6 +240,19 @@ def _bucket_limits(payload: np.ndarray) -> np.ndarray:
     limits += lo
     limits[:, -1] = hi[:, 0]  # exactly the maximum, as TensorBoard reads the last edge as max
     return payload
+
+
+def _hparam_value(name: str, v: object):
+    """An hparam as the google.protobuf.Value that HParams summaries hold."""
+    from google.protobuf import struct_pb2
+
+    if isinstance(v, (bool, np.bool_)):
+        return struct_pb2.Value(bool_value=bool(v))
+    if isinstance(v, numbers.Real):
+        return struct_pb2.Value(number_value=float(v))
+    if isinstance(v, str):
+        return struct_pb2.Value(string_value=v)
+    raise TypeError(f"hparam {name!r}: {type(v).__name__} is not bool/number/str")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,28 +460,53 @@ class EventWriter:
         """Writes the HParams session-start summary into this same run (unlike torch's
         add_hparams, no sub-run). Once per writer.
 
-        No experiment summary: TensorBoard then builds the experiment from all sessions in the
-        logdir (a sweep's runs), with the union of their hparams, marked where they differ, and
-        every scalar tag as a metric.
+        Which hparams and metrics the HParams tab shows as columns is the experiment's to say
+        (add_hparams_experiment); without one, TensorBoard takes every scalar tag as a metric.
         """
-        from google.protobuf import struct_pb2
         from tensorboard.plugins.hparams import plugin_data_pb2
 
         if self._hparams_started:
             raise RuntimeError("add_hparams was already called for this writer")
-        values = {}
-        for name, v in hparams.items():
-            if isinstance(v, (bool, np.bool_)):
-                values[name] = struct_pb2.Value(bool_value=bool(v))
-            elif isinstance(v, numbers.Real):
-                values[name] = struct_pb2.Value(number_value=float(v))
-            elif isinstance(v, str):
-                values[name] = struct_pb2.Value(string_value=v)
-            else:
-                raise TypeError(f"hparam {name!r}: {type(v).__name__} is not bool/number/str")
+        values = {name: _hparam_value(name, v) for name, v in hparams.items()}
         start = plugin_data_pb2.SessionStartInfo(hparams=values, start_time_secs=time.time())
         self._add_hparams_summary(_HPARAMS_SESSION_START_TAG, session_start_info=start)
         self._hparams_started = True
+
+    def add_hparams_experiment(
+        self,
+        hparams: Mapping[str, float | int | str | bool],
+        metrics: Sequence[str],
+        differing: Collection[str] = (),
+    ) -> None:
+        """The HParams experiment: the columns of the HParams tab, the hparams named (and typed)
+        as in `hparams` and the scalar tags `metrics`, whose last values fill the table.
+
+        TensorBoard takes the first experiment it finds in a logdir for all of its sessions (a
+        sweep's runs), as it stands: the hparams in `differing` are the ones marked as differing
+        between them, which the table shows first.
+        """
+        from tensorboard.plugins.hparams import api_pb2
+
+        types = {
+            "bool_value": api_pb2.DATA_TYPE_BOOL,
+            "number_value": api_pb2.DATA_TYPE_FLOAT64,
+            "string_value": api_pb2.DATA_TYPE_STRING,
+        }
+        infos = []
+        for name, v in hparams.items():
+            kind = _hparam_value(name, v).WhichOneof("kind")
+            info = api_pb2.HParamInfo(name=name, type=types[kind], differs=name in differing)
+            # Numbers and strings get no domain: one run knows only its own value, and the table
+            # would offer (and filter by) that value alone.
+            if kind == "bool_value":
+                info.domain_discrete.extend([False, True])
+            infos.append(info)
+        experiment = api_pb2.Experiment(
+            hparam_infos=infos,
+            metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in metrics],
+            time_created_secs=time.time(),
+        )
+        self._add_hparams_summary(_HPARAMS_EXPERIMENT_TAG, experiment=experiment)
 
     def continue_hparams_session(self) -> None:
         """Declares that an earlier writer of this run started the HParams session (a resumed
@@ -486,6 +526,37 @@ class EventWriter:
             status=api_pb2.Status.Value("STATUS_" + status.upper()), end_time_secs=time.time()
         )
         self._add_hparams_summary(_HPARAMS_SESSION_END_TAG, session_end_info=end)
+
+    # -- custom scalars (once per run: plain protobuf) -------------------------------------------
+
+    def add_custom_scalars(self, layout: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """The Custom Scalars tab: {category: {chart title: [tag regexes]}}, in that order, each
+        chart one plot of every tag its regexes match. The same event as torch's
+        add_custom_scalars with ["Multiline", regexes] charts."""
+        from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+        categories = [
+            layout_pb2.Category(
+                title=title,
+                chart=[
+                    layout_pb2.Chart(
+                        title=chart, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
+                    )
+                    for chart, tags in charts.items()
+                ],
+            )
+            for title, charts in layout.items()
+        ]
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[layout_pb2.Layout(category=categories).SerializeToString()],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        )
+        meta = metadata.create_summary_metadata()
+        value = summary_pb2.Summary.Value(
+            tag=metadata.CONFIG_SUMMARY_TAG, metadata=meta, tensor=tensor
+        )
+        self._add_summary(value)
 
     # -- file ---------------------------------------------------------------------------------
 

@@ -11,9 +11,19 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers import REPO, wait_for
+from runner.jobs import SWEPT_KEYS_ENV
+from runner.metrics import Layout
+from runner.sinks.tensorboard_sink import (
+    HISTOGRAM_MIN_ELEMENTS,
+    HParams,
+    TensorBoardSink,
+    hparams_of,
+    scalars_layout,
+)
+from tests.helpers import REPO, compose_config, wait_for
 
 LINEAR3 = ["model=linear", "data=synthetic", "data.n_features=3", "train.dtype=float64"]
 
@@ -74,16 +84,115 @@ def test_tensorboard_holds_the_same_keys_and_values_as_the_csv(runs, tmp_path):
         scalars = acc.Scalars(key)
         assert [s.step for s in scalars] == metrics["step"].tolist()
         np.testing.assert_allclose([s.value for s in scalars], metrics[key], rtol=1e-6)
-    # histograms of the multi-element weight and its gradient, one per logged step
-    assert {"param/weight", "grad/weight"} <= set(tags["histograms"])
-    histos = acc.Histograms("param/weight")
-    assert len(histos) == 6 and histos[-1].histogram_value.num == 3
-    # the resolved config as text
-    config = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
-    assert "_target_: runner.models.LinearModel" in config
+    assert tags["histograms"] == []  # 3 elements are spikes, and scalars already
     # the hparams metrics as scalars at the final step
     final = acc.Scalars("hparams/final_loss")[-1]
     assert final.step == 6 and final.value == pytest.approx(summary["final_loss"], rel=1e-6)
+
+
+def test_tensorboard_config_text_is_the_resolved_config_without_targets(runs, tmp_path):
+    runs(*LINEAR3, "train.steps=2", "train.seed=7")
+    text = events(tmp_path / "run0").Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("```yaml\n# model: linear, data: synthetic\n") and text.endswith("```")
+    assert "_target_" not in text and "${" not in text
+    config = yaml.safe_load(text.removeprefix("```yaml").removesuffix("```"))
+    assert config["data"]["seed"] == 7  # `${train.seed}` in conf/data/synthetic.yaml
+    assert config["model"] == {"init": None, "bias": True}
+    assert config["loss"] == {} and config["train"]["dtype"] == "float64"
+
+
+def test_histograms_only_of_parameters_of_a_bucket_per_element(runs, tmp_path):
+    n = HISTOGRAM_MIN_ELEMENTS
+    runs("model=linear", "data=synthetic", f"data.n_features={n}", "train.steps=3")
+    acc = events(tmp_path / "run0")
+    assert sorted(acc.Tags()["histograms"]) == ["grad/weight", "param/weight"]  # not the bias
+    histos = acc.Histograms("param/weight")
+    assert [h.step for h in histos] == [1, 2, 3] and histos[-1].histogram_value.num == n
+
+
+def test_tensorboard_experiment_and_layout_put_the_loss_first(runs, tmp_path, monkeypatch):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.custom_scalar import metadata as layout_metadata
+    from tensorboard.plugins.hparams import metadata
+
+    monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)  # a single run, whatever ran before
+    summary, _ = runs("optimizer=adam", "optimizer.lr=0.05", "train.steps=3")
+    acc = events(tmp_path / "run0")
+    content = acc.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
+    experiment = metadata.parse_experiment_plugin_data(content)
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "hparams/final_loss",
+        "hparams/best_loss",
+    ]
+    infos = {h.name: h.differs for h in experiment.hparam_infos}
+    # a single run: the keys its command line sets come first
+    assert infos == {
+        "optimizer": True, "optimizer.lr": True, "train.steps": True, "train.seed": False
+    }  # fmt: skip
+    best = acc.Scalars("hparams/best_loss")[-1]
+    assert (best.step, best.value) == (3, pytest.approx(summary["best_loss"], rel=1e-6))
+
+    (event,) = acc.Tensors(layout_metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == ["loss", "param", "grad"]
+    charts = [(chart.title, list(chart.multiline.tag)) for chart in layout.category[0].chart]
+    assert charts == [("loss", ["^loss$"]), ("lr", ["^lr$"]), ("grad_norm", ["^grad_norm$"])]
+
+
+def test_the_layout_follows_the_columns_a_run_logs():
+    columns = [
+        "loss", "lr", "param_norm/weight", "param/bias", "grad_norm/weight", "grad/bias",
+        "grad_norm", "grad_norm_before_clip", "val_loss", "other/x/0", "other/x/1",
+    ]  # fmt: skip
+    assert scalars_layout(columns) == {
+        "loss": {
+            "loss": ["^loss$", "^val_loss$"],  # one chart: training and held-out loss
+            "lr": ["^lr$"],
+            "grad_norm": ["^grad_norm$", "^grad_norm_before_clip$"],
+        },
+        "param": {"param_norm/weight": ["^param_norm/weight$"], "param/bias": ["^param/bias$"]},
+        "grad": {"grad_norm/weight": ["^grad_norm/weight$"], "grad/bias": ["^grad/bias$"]},
+        "other": {"other/x": ["^other/x/0$", "^other/x/1$"]},
+    }
+
+
+def test_hparams_metrics_are_the_losses_and_accuracies_of_the_summary(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    layout = Layout({"weight": ()})
+    sink = TensorBoardSink(tmp_path, layout, {}, HParams({"optimizer.lr": 0.1}))
+    rows = np.array([[2.0, 0.1, 0.5, -1.0]])  # loss, lr, weight, its gradient
+    sink.write(np.array([1]), layout.table(rows), rows)
+    sink.close(
+        {"status": "completed", "steps_completed": 1, "final_loss": 2.0, "best_loss": 2.0,
+         "params": {"weight": 0.5}, "best_step": 1, "best_val_loss": None,
+         "final_accuracy": 0.75, "best_params": {"weight": 0.5}}
+    )  # fmt: skip
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    content = acc.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
+    metrics = [m.name.tag for m in metadata.parse_experiment_plugin_data(content).metric_infos]
+    assert metrics == [
+        "hparams/final_loss", "hparams/best_loss", "hparams/best_val_loss",
+        "hparams/final_accuracy",
+    ]  # fmt: skip
+    last = {tag: acc.Scalars(tag)[-1].value for tag in metrics}
+    assert last["hparams/final_accuracy"] == 0.75 and np.isnan(last["hparams/best_val_loss"])
+
+
+def test_hparams_mark_what_a_sweep_varies(monkeypatch):
+    overrides = ["optimizer.lr=0.1", "train.steps=5"]
+    cfg = compose_config(*overrides)
+    monkeypatch.delenv(SWEPT_KEYS_ENV, raising=False)  # a single run: its command line
+    assert hparams_of(cfg, overrides, None).differing == {"optimizer.lr", "train.steps"}
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "optimizer.lr")  # runner -m optimizer.lr=0.1,1 ...
+    hparams = hparams_of(cfg, overrides, {"model": "scalar", "loop": "optim"})
+    assert hparams.differing == {"optimizer.lr"}
+    assert hparams.values == {
+        "model": "scalar", "loop": "optim", "optimizer.lr": 0.1, "train.steps": 5,
+        "train.seed": 0,
+    }  # fmt: skip
+    monkeypatch.setenv(SWEPT_KEYS_ENV, "")  # a search that draws its values (Optuna)
+    assert hparams_of(cfg, overrides, None).differing == {"optimizer.lr", "train.steps"}
 
 
 def test_hparams_session_lives_in_the_run_directory(runs, tmp_path):

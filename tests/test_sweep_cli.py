@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -112,13 +113,26 @@ def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_pat
             for run in runs:
                 assert {"loss", "lr", "param/weight", "grad/weight", "grad_norm"} <= set(tags[run])
 
+            # The Custom Scalars tab opens on loss, lr and grad_norm, and its regexes draw them.
+            layout = get_json(f"{base}/plugin/custom_scalars/layout")
+            assert [c["title"] for c in layout["category"]] == ["loss", "param", "grad"]
+            first = layout["category"][0]["chart"]
+            assert [c["title"] for c in first] == ["loss", "lr", "grad_norm"]
+            (regex,) = first[0]["multiline"]["tag"]
+            query = urllib.parse.urlencode({"run": f"{JOBS[0]}/tensorboard", "tag": regex})
+            drawn = get_json(f"{base}/plugin/custom_scalars/scalars?{query}")
+            assert drawn["regex_valid"] and list(drawn["tag_to_events"]) == ["loss"]
+            assert len(drawn["tag_to_events"]["loss"]) == 200  # every step, as logged
+
             experiment = get_json(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
             infos = {info["name"]: info for info in experiment["hparamInfos"]}
-            # built from all four sessions: the swept key is flagged as the one that differs
+            # the swept key is flagged as the one that differs (the table's first column)
+            assert experiment["hparamInfos"][0]["name"] == "optimizer.lr"
             assert infos["optimizer.lr"].get("differs") is True
             assert not infos["train.steps"].get("differs", False)
-            metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-            assert {"hparams/final_loss", "hparams/best_loss", "loss"} <= metrics
+            # the metric columns are the run's results, not every scalar tag
+            metrics = [info["name"]["tag"] for info in experiment["metricInfos"]]
+            assert metrics == ["hparams/final_loss", "hparams/best_loss"]
 
             statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
             # an api_pb2.ListSessionGroupsRequest as JSON, which the hparams plugin parses
@@ -143,6 +157,7 @@ def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_pat
                 )
                 assert session["status"] == expected
                 values = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}
+                assert set(values) == set(metrics)
                 if summary["final_loss"] is not None:
                     assert values["hparams/final_loss"] == pytest.approx(summary["final_loss"])
                 assert values["hparams/best_loss"] == pytest.approx(summary["best_loss"])

@@ -268,23 +268,36 @@ def test_text(tmp_path):
     assert "<strong>lr</strong>" in html
 
 
-def test_hparams_one_session_in_the_run_itself(tmp_path):
+def hparams_backend(logdir: Path):
+    """TensorBoard's own hparams data path over `logdir`, without a server: multiplexer -> data
+    provider -> the plugin's backend context, and a request context for its handlers."""
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import (
-        api_pb2,
-        backend_context,
-        list_session_groups,
-        metadata,
-        plugin_data_pb2,
-    )
+    from tensorboard.plugins.hparams import backend_context
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    tb_context = base_plugin.TBContext(data_provider=provider, logdir=str(logdir))
+    return context.RequestContext(), backend_context.Context(tb_context)
+
+
+def test_hparams_one_session_in_the_run_itself(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, list_session_groups, metadata, plugin_data_pb2
 
     assert (
         tb_writer._HPARAMS_PLUGIN,
+        tb_writer._HPARAMS_EXPERIMENT_TAG,
         tb_writer._HPARAMS_SESSION_START_TAG,
         tb_writer._HPARAMS_SESSION_END_TAG,
-    ) == (metadata.PLUGIN_NAME, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG)
+    ) == (
+        metadata.PLUGIN_NAME,
+        metadata.EXPERIMENT_TAG,
+        metadata.SESSION_START_INFO_TAG,
+        metadata.SESSION_END_INFO_TAG,
+    )
     hparams = {"optimizer.lr": 0.1, "model": "mlp", "nesterov": True, "train.steps": 100}
     metrics = ("hparams/final_loss", "hparams/best_loss")
     run = tmp_path / "run1"
@@ -312,29 +325,118 @@ def test_hparams_one_session_in_the_run_itself(tmp_path):
     assert start.hparams["nesterov"].bool_value is True
     assert start.hparams["optimizer.lr"].number_value == 0.1
 
-    # TensorBoard's own data path (no server): multiplexer -> data provider -> hparams backend.
-    mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(tmp_path))
-    mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, str(tmp_path))
-    tb_context = base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path))
     request = api_pb2.ListSessionGroupsRequest(
         start_index=0, slice_size=10, allowed_statuses=api_pb2.Status.values()
     )
-    response = list_session_groups.Handler(
-        context.RequestContext(), backend_context.Context(tb_context), "", request
-    ).run()
+    response = list_session_groups.Handler(*hparams_backend(tmp_path), "", request).run()
     (group,) = response.session_groups
     (session,) = group.sessions
     assert session.name == "run1" and session.status == api_pb2.STATUS_SUCCESS
     assert group.hparams["model"].string_value == "mlp"
     assert group.hparams["train.steps"].number_value == 100
-    # Every scalar tag is a metric: the experiment comes from the logdir's sessions.
+    # Without an experiment, every scalar tag is a metric: TensorBoard derives the experiment.
     assert {m.name.tag: (m.value, m.training_step) for m in group.metric_values} == {
         "loss": (3.0, 0),
         "hparams/final_loss": (0.5, 100),
         "hparams/best_loss": (0.25, 100),
     }
+
+
+def test_hparams_experiment_makes_the_columns_of_a_sweep(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, get_experiment, list_session_groups
+
+    metrics = ("hparams/final_loss", "hparams/best_loss")
+    for job, lr in enumerate((0.1, 0.01)):
+        w = EventWriter(tmp_path / f"{job}_lr={lr}")
+        hparams = {"optimizer.lr": lr, "model": "mlp", "nesterov": True, "train.steps": 100}
+        w.add_hparams(hparams)
+        w.add_scalars(100, ("loss", "grad_norm"), [3.0 * lr, 1.0])
+        w.add_hparams_experiment(hparams, metrics, differing={"optimizer.lr"})
+        w.add_scalars(100, metrics, [lr, lr / 2])
+        w.end_hparams_session()
+        w.close()
+
+    request_context, backend = hparams_backend(tmp_path)
+    request = api_pb2.GetExperimentRequest()
+    experiment = get_experiment.Handler(request_context, backend, "", request).run()
+    # The experiment as written, for every session: swept first (differs), then by name.
+    assert [(h.name, h.type, h.differs) for h in experiment.hparam_infos] == [
+        ("optimizer.lr", api_pb2.DATA_TYPE_FLOAT64, True),
+        ("model", api_pb2.DATA_TYPE_STRING, False),
+        ("nesterov", api_pb2.DATA_TYPE_BOOL, False),
+        ("train.steps", api_pb2.DATA_TYPE_FLOAT64, False),
+    ]
+    nesterov = experiment.hparam_infos[2].domain_discrete.values
+    assert [v.bool_value for v in nesterov] == [False, True]
+    assert not experiment.hparam_infos[1].HasField("domain_discrete")  # would filter the others
+    assert [m.name.tag for m in experiment.metric_infos] == list(metrics)
+
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=10, allowed_statuses=api_pb2.Status.values()
+    )
+    response = list_session_groups.Handler(request_context, backend, "", request).run()
+    groups = {g.name: g for g in response.session_groups}
+    assert sorted(groups) == ["0_lr=0.1", "1_lr=0.01"]
+    for name, lr in (("0_lr=0.1", 0.1), ("1_lr=0.01", 0.01)):
+        assert groups[name].hparams["optimizer.lr"].number_value == lr
+        # only the experiment's metrics, not every scalar tag
+        values = {m.name.tag: m.value for m in groups[name].metric_values}
+        assert values == pytest.approx({"hparams/final_loss": lr, "hparams/best_loss": lr / 2})
+
+
+def test_hparams_experiment_as_torch_writes_it(tmp_path):
+    summary = pytest.importorskip("torch.utils.tensorboard.summary")
+    from tensorboard.plugins.hparams import metadata
+
+    # (no bool: torch's hparams() types True as a number)
+    hparams, metrics = {"optimizer.lr": 0.1, "model": "mlp", "steps": 7}, {"hparams/loss": 0.5}
+    w = EventWriter(tmp_path)
+    w.add_hparams_experiment(hparams, list(metrics))
+    w.close()
+    (ours,) = read_events(only_file(tmp_path))[1].summary.value
+    (theirs,) = summary.hparams(hparams, metrics)[0].value
+    assert ours.tag == theirs.tag == metadata.EXPERIMENT_TAG
+    assert ours.metadata.plugin_data.plugin_name == theirs.metadata.plugin_data.plugin_name
+    experiment = metadata.parse_experiment_plugin_data(ours.metadata.plugin_data.content)
+    assert experiment.time_created_secs > 0
+    experiment.ClearField("time_created_secs")
+    assert experiment == metadata.parse_experiment_plugin_data(theirs.metadata.plugin_data.content)
+
+
+def test_custom_scalars_layout_as_torch_writes_it(tmp_path):
+    summary = pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    layout = {
+        "loss": {"loss": ["^loss$", "^val_loss$"], "lr": ["^lr$"]},
+        "param": {"param/w": ["^param/w/0$", "^param/w/1$"]},
+    }
+    w = EventWriter(tmp_path / "ours")
+    w.add_custom_scalars(layout)
+    w.close()
+    oracle = summary.SummaryWriter(str(tmp_path / "torch"))
+    oracle.add_custom_scalars(
+        {
+            title: {c: ["Multiline", tags] for c, tags in charts.items()}
+            for title, charts in layout.items()
+        }
+    )
+    oracle.close()
+    ours, theirs = (read_events(only_file(tmp_path / name))[1] for name in ("ours", "torch"))
+    ours.wall_time = theirs.wall_time = 0
+    assert ours == theirs
+
+    acc = accumulate(tmp_path / "ours")
+    assert acc.SummaryMetadata(metadata.CONFIG_SUMMARY_TAG).plugin_data.plugin_name == (
+        metadata.PLUGIN_NAME
+    )
+    (event,) = acc.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    got = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    assert {
+        category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+        for category in got.category
+    } == layout
+    assert [c.title for c in got.category] == ["loss", "param"]
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -393,6 +495,8 @@ def test_never_imports_torch_or_tensorflow(tmp_path):
         w.add_histogram_rows("w", [1], [[1.0, 2.0, 3.0]])
         w.add_text("config", "x: 1")
         w.add_hparams({"lr": 0.1})
+        w.add_custom_scalars({"loss": {"loss": ["^loss$"]}})
+        w.add_hparams_experiment({"lr": 0.1}, ["loss"])
         w.end_hparams_session()
         w.close()
         heavy = ("torch", "tensorflow", "tensorboardX", "tensorboard.summary")
@@ -404,7 +508,7 @@ def test_never_imports_torch_or_tensorflow(tmp_path):
     loaded, seconds = done.stdout.rsplit("]", 1)
     assert loaded == "["
     assert float(seconds) < 2.0  # ~0.15 s in practice (mostly numpy); generous for slow CI
-    assert len(read_events(only_file(tmp_path))) == 6
+    assert len(read_events(only_file(tmp_path))) == 8
 
 
 def test_nothing_reaches_the_file_before_flush(tmp_path):
