@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.commands import compose, overrides_help, run_command
+from runner.commands import compose, end_process, overrides_help, run_command
 from runner.errors import ConfigError
 
 PROG = "runner-check"
@@ -308,5 +308,10 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if result.failures() else 0
 
 
+def entry() -> None:
+    """Console entry point (`runner-check`)."""
+    end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

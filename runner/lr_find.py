@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.commands import compose, overrides_help, run_command
+from runner.commands import compose, end_process, overrides_help, run_command
 from runner.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -264,5 +264,10 @@ def _lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console entry point (`runner-lr-find`)."""
+    end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
