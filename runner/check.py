@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,10 +74,11 @@ class Check:
     finite: dict[str, Gap]
     graph: dict[str, list[str]]  # parameter -> grad_fn names from the loss to its leaf
     jacobian: dict[str, np.ndarray]  # parameter -> d predictions / d parameter, (N, *shape)
+    shapes: list[str] = field(default_factory=list)  # hand gradients not of their parameter's shape
 
     def failures(self) -> list[str]:
         """One phrase per gap beyond its limit (NaN is beyond any)."""
-        found = []
+        found = list(self.shapes)
         if not self.value.rel <= AUTOGRAD_RTOL:
             found.append(
                 f"loss value: hand vs autograd rel {self.value.rel:.3g} > {AUTOGRAD_RTOL:g}"
@@ -109,8 +110,14 @@ def check(cfg: DictConfig, points: int) -> Check:
     value_gap = Gap(0.0, 0.0)
     autograd_gaps = {k: Gap(0.0, 0.0) for k in init}
     finite_gaps = dict(autograd_gaps)
+    shapes = set()
     for params in at:
         value, hand = hand_value_and_grad(model, loss, params, x, y)
+        shapes |= {
+            f"{k}: hand gradient of shape {np.shape(hand[k])}, the parameter's is {v.shape}"
+            for k, v in params.items()
+            if np.shape(hand[k]) != v.shape
+        }
         torch_value, auto = autograd_value_and_grad(model, loss, params, x, y)
         numeric = finite_differences(model, loss, params, x, y)
         value_gap = value_gap.worst(Gap.between(value, torch_value))
@@ -125,6 +132,7 @@ def check(cfg: DictConfig, points: int) -> Check:
         finite=finite_gaps,
         graph=loss_graph(model, loss, init, x, y),
         jacobian=prediction_jacobian(model, init, x),
+        shapes=sorted(shapes),
     )
 
 

@@ -61,6 +61,19 @@ def test_a_hand_gradient_off_by_a_factor_fails_naming_the_parameter(capsys, monk
     assert float(weight_row.split()[2]) < 1e-12  # its relative gap from autograd
 
 
+def test_a_hand_gradient_of_another_shape_fails(capsys, monkeypatch):
+    backward = LinearModel.backward
+
+    def flat(self, params, x, dpred):  # (F,) where the weight is (1, F): it would broadcast
+        grads = backward(self, params, x, dpred)
+        return grads | {"weight": grads["weight"][0]}
+
+    monkeypatch.setattr(LinearModel, "backward", flat)
+    code, lines, _ = run_check(capsys, "model=linear", *data_for("linear"))
+    assert code == 1
+    assert lines[-1] == ("FAILED: weight: hand gradient of shape (3,), the parameter's is (1, 3)")
+
+
 def test_a_wrong_loss_value_fails_against_torch(capsys, monkeypatch):
     # a value that disagrees with its own gradient: finite differences see it too
     from runner.losses import MSE
