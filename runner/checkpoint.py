@@ -25,6 +25,10 @@ from runner.errors import ConfigError, on_path
 # 2: the settings hold a digest of the data, the tracker the number of rows logged.
 FORMAT = 2
 FILES = {"numpy": "state.npz", "torch": "state.pt"}
+# The checkpoint before the last one, kept beside it: the jobs of a sweep trained side by side
+# each write their own file, and a kill between two of those writes leaves them one
+# checkpoint apart; the jobs ahead then resume from this one, and all continue side by side.
+PREVIOUS = {"numpy": "state.prev.npz", "torch": "state.prev.pt"}
 # The temporary file each save starts with; a kill can leave one behind (runner.run removes it).
 TEMP_PREFIX, TEMP_SUFFIX = ".state.", ".tmp"
 
@@ -62,15 +66,23 @@ def _save(
             f.flush()
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private, unlike the other outputs
             os.fsync(f.fileno())  # the rename below must never expose a file still in flight
+        if target.exists():
+            os.replace(target, directory / PREVIOUS[backend])
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load(directory: Path, backend: str, device: str = "cpu") -> Checkpoint | None:
-    """The checkpoint in `directory`, or None when there is none."""
-    target = directory / FILES[backend]
+def load(
+    directory: Path, backend: str, device: str = "cpu", previous: bool = False
+) -> Checkpoint | None:
+    """The checkpoint in `directory` (with `previous`, the one before it), or None when there
+    is none. A kill between a save's two renames leaves only the previous one: it is taken."""
+    current, older = directory / FILES[backend], directory / PREVIOUS[backend]
+    if previous and not older.is_file():
+        return None
+    target = older if previous or (older.is_file() and not current.is_file()) else current
     if not target.is_file():
         others = [b for b, name in FILES.items() if b != backend and (directory / name).is_file()]
         if others:  # told apart without reading it: the numpy loop must not need torch

@@ -132,6 +132,7 @@ def run_jobs(jobs: Sequence[Job]) -> list[JobResult]:
     active = [j for j in range(len(runs)) if j not in results]
     if not active:
         return [results[j] for j in range(len(runs))]
+    _align_resume_steps(saved, active, runs, loop_cls.backend, device)
     resume_steps = {saved[j].step if j in saved else None for j in active}
     if len(resume_steps) > 1:
         steps = ", ".join(sorted(str(s) for s in resume_steps))
@@ -345,6 +346,28 @@ def holds_run(directory: Path) -> bool:
     return any(
         (directory / name).exists() for name in ("summary.json", "metrics.csv", "checkpoint")
     )
+
+
+def _align_resume_steps(
+    saved: dict, active: list[int], runs: list, backend: str, device: str
+) -> None:
+    """Brings jobs a kill left one checkpoint apart (a sweep trained side by side writes each
+    job's checkpoint in turn) back to the same step, so they resume side by side as they ran:
+    a job ahead takes its previous checkpoint, or starts over when the others have none yet."""
+    steps = {saved[j].step if j in saved else 0 for j in active}
+    if len(steps) < 2:
+        return
+    target = min(steps)
+    for j in active:
+        if j not in saved or saved[j].step == target:
+            continue
+        if target == 0:
+            del saved[j]  # the others start over: so does this one, to the same rows
+            continue
+        older = checkpoint.load(runs[j].checkpoint_dir, backend, device, previous=True)
+        if older is not None and older.step == target:
+            _check_same_settings(older.meta, runs[j].fingerprint)
+            saved[j] = older
 
 
 def _restore(saved: checkpoint.Checkpoint, loop: Any, job: int, tracker: Tracker) -> None:

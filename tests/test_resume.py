@@ -373,7 +373,7 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_write(tmp_path, monkey
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, loop, damage):
     args = [f"loop={loop}", "train.steps=10", "train.checkpoint_every=5"]
     train(tmp_path / "run", *args)
-    (state,) = (tmp_path / "run" / "checkpoint").iterdir()
+    (state,) = (p for p in (tmp_path / "run" / "checkpoint").iterdir() if ".prev." not in p.name)
     data = state.read_bytes()
     state.write_bytes(
         {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"x" * 99}[damage]
@@ -501,3 +501,44 @@ def test_a_checkpoint_older_than_a_new_key_resumes_while_the_key_is_off(tmp_path
     with pytest.raises(ConfigError, match=r"optimizer\.maximize was False, now True"):
         train(tmp_path / "old", *args[:2], "train.steps=30", "optimizer.maximize=true",
               "train.resume=true")  # fmt: skip
+
+
+@pytest.mark.parametrize("loop", ["numpy", "autograd", "optim"])
+@pytest.mark.parametrize("behind", ["one checkpoint", "no checkpoint"])
+def test_jobs_a_kill_left_checkpoints_apart_resume_side_by_side(tmp_path, loop, behind):
+    # A kill between two jobs' checkpoint writes: job 1 is a checkpoint behind the others (or
+    # has none yet). The sweep still resumes side by side, to its uninterrupted bytes.
+    from runner.run import Job, run_jobs
+    from tests.helpers import compose_config
+
+    args = (
+        "log.progress=false",
+        f"loop={loop}",
+        *PROBLEM,
+        "optimizer=adam",
+        "log.tensorboard=false",
+    )
+
+    def jobs(root, steps):
+        return [
+            Job(compose_config(*args, f"optimizer.lr={lr}", f"train.steps={steps}", *extra),
+                root / lr)
+            for lr in ("0.01", "0.02", "0.05")
+            for extra in [("train.resume=true",) if root.name == "cut" and steps == 30 else ()]
+        ]  # fmt: skip
+
+    run_jobs(jobs(tmp_path / "straight", 30))
+    run_jobs(jobs(tmp_path / "cut", 20))  # checkpoints at 14 (kept as previous) and 20
+    lagging = tmp_path / "cut" / "0.02" / "checkpoint"
+    current = next(p for p in lagging.iterdir() if ".prev." not in p.name)
+    previous = next(p for p in lagging.iterdir() if ".prev." in p.name)
+    if behind == "one checkpoint":
+        os.replace(previous, current)  # as if killed before its step-20 checkpoint
+    else:
+        shutil.rmtree(lagging)
+    results = run_jobs(jobs(tmp_path / "cut", 30))
+    assert [r.summary["steps_completed"] for r in results] == [30, 30, 30]
+    for lr in ("0.01", "0.02", "0.05"):
+        assert (tmp_path / "cut" / lr / "metrics.csv").read_bytes() == (
+            tmp_path / "straight" / lr / "metrics.csv"
+        ).read_bytes(), lr
