@@ -195,6 +195,11 @@ def cli() -> int:
     global _FULL_ERROR
     _FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
     typed = sys.argv[1:]  # before runner adds its own (a sweeper for the vectorized launcher)
+    if "--version" in typed:  # Hydra would print its own version
+        from importlib.metadata import version
+
+        print(f"runner {version('runner')}")
+        return 0
     # Let Hydra's exceptions reach us instead of its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _pair_sweeper_with_launcher(sys.argv)

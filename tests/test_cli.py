@@ -119,6 +119,24 @@ def test_help_lists_every_shipped_option(tmp_path):
         assert listed == shipped, group
 
 
+def test_help_names_every_console_script(tmp_path):
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n\n")[0]
+    scripts = [line.split("=")[0].strip() for line in section.splitlines() if "=" in line]
+    assert "runner-predict" in scripts
+    result = run_cli("--help", cwd=tmp_path)
+    more = result.stdout.split("More:")[1].split("== Config")[0]
+    assert {name for name in scripts if name != "runner"} <= set(more.split())
+    assert "train.resume=true" in more and "tensorboard --logdir" in more
+
+
+def test_version_is_the_runners(tmp_path, monkeypatch, capsys):
+    from importlib.metadata import version
+
+    code, out, _ = cli_in_process("--version", cwd=tmp_path, monkeypatch=monkeypatch,
+                                  capsys=capsys)  # fmt: skip
+    assert code == 0 and out == f"runner {version('runner')}\n"
+
+
 def test_cfg_job_prints_the_composed_config(tmp_path):
     result = run_cli("--cfg", "job", "optimizer=adam", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
