@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -62,6 +63,8 @@ LOOP_OVERRIDES = {
 LOGGING_OFF = ["log.csv=false", "log.tensorboard=false", "log.progress=false"]
 # Every step, every parameter and gradient (max_elements 16 covers all of them here).
 LOGGING_FULL = ["log.csv=true", "log.tensorboard=true", "log.every_n_steps=1", "log.progress=false"]
+# A learning-rate schedule over the run's steps (T_max: null is train.steps), logging off.
+SCHEDULED = ["scheduler=cosine", *LOGGING_OFF]
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,69 @@ BARE: dict[str, Callable[[int], tuple[float, float, float]]] = {
 }
 
 
+# -- the same loops with a cosine learning-rate schedule over all their steps -----------------
+def cosine_rate(step: int, steps: int, lr: float = 0.01) -> float:
+    """The rate of 0-based step `step` of `steps` under cosine annealing to 0 (the closed form
+    a user writes; CosineAnnealingLR's recursion gives the same rates to rounding)."""
+    return lr * (1 + math.cos(math.pi * step / steps)) / 2
+
+
+def bare_numpy_cosine(steps: int) -> tuple[float, float, float]:
+    """bare_numpy with the rate of each step from cosine_rate."""
+    x = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    y = 2 * x
+    w = np.float32(0.0)
+    start = time.perf_counter()
+    for t in range(steps):
+        lr = cosine_rate(t, steps)
+        err = w * x - y
+        loss = np.mean(err**2)
+        w = w - lr * 2 * np.mean(x * err)
+    return time.perf_counter() - start, float(w), float(loss)
+
+
+def bare_autograd_cosine(steps: int) -> tuple[float, float, float]:
+    """bare_autograd with the rate of each step from cosine_rate."""
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    y = 2 * x
+    w = torch.tensor(0.0, requires_grad=True)
+    start = time.perf_counter()
+    for t in range(steps):
+        lr = cosine_rate(t, steps)
+        loss = ((w * x - y) ** 2).mean()
+        loss.backward()
+        with torch.no_grad():
+            w -= lr * w.grad
+        w.grad.zero_()
+    return time.perf_counter() - start, w.item(), loss.item()
+
+
+def bare_optim_cosine(steps: int) -> tuple[float, float, float]:
+    """bare_optim with torch.optim.lr_scheduler.CosineAnnealingLR stepped after each step."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    loss_fn = nn.MSELoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]])  # (N, 1)
+    y = 2 * x
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return time.perf_counter() - start, model.weight.item(), loss.item()
+
+
+BARE_COSINE: dict[str, Callable[[int], tuple[float, float, float]]] = {
+    "numpy": bare_numpy_cosine,
+    "autograd": bare_autograd_cosine,
+    "optim": bare_optim_cosine,
+}
+
+
 # -- the runner in this process -------------------------------------------------------------
 
 
@@ -197,26 +263,33 @@ def runner_seconds_per_step(run_cfg: Composed, out_dir: Path, steps: int) -> flo
 
 
 def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
-    """Per-step time of each loop: bare, in the runner with logging off, and fully logged."""
+    """Per-step time of each loop: bare, in the runner with logging off, and fully logged; and
+    with a cosine learning-rate schedule, bare and in the runner with logging off."""
     steps, fast = settings.steps, settings.mode == "fast"
+    kinds = (("off", LOGGING_OFF), ("full", LOGGING_FULL), ("cosine", SCHEDULED))
     runs, warmups = {}, {}
     for loop in LOOPS:
-        for kind, logging in (("off", LOGGING_OFF), ("full", LOGGING_FULL)):
-            runs[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *logging, f"train.steps={steps}"]
-            warmups[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *logging, "train.steps=5"]
+        for kind, extra in kinds:
+            runs[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *extra, f"train.steps={steps}"]
+            warmups[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *extra, "train.steps=5"]
     composed, warm = compose_runs(runs), compose_runs(warmups)
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
+    bare_kinds = {"bare": BARE, "bare_cosine": BARE_COSINE}
     # An untimed first round: imports (tensorboard's protos, torch.optim) and first-call caches
     # belong to start-up, which is measured on its own.
     for loop in LOOPS:
-        BARE[loop](50)
-        for kind in ("off", "full"):
+        for bare in bare_kinds.values():
+            bare[loop](50)
+        for kind, _ in kinds:
             runner_seconds_per_step(warm[f"{loop}/{kind}"], next(out_dirs), 5)
-    samples: dict[str, list[float]] = {key: [] for key in [*runs, *(f"{x}/bare" for x in LOOPS)]}
+    samples: dict[str, list[float]] = {
+        key: [] for key in [*runs, *(f"{x}/{b}" for x in LOOPS for b in bare_kinds)]
+    }
     for _ in range(settings.reps):
         for loop in LOOPS:
-            samples[f"{loop}/bare"].append(BARE[loop](steps)[0] / steps)
-            for kind in ("off", "full"):
+            for name, bare in bare_kinds.items():
+                samples[f"{loop}/{name}"].append(bare[loop](steps)[0] / steps)
+            for kind, _ in kinds:
                 key = f"{loop}/{kind}"
                 samples[key].append(runner_seconds_per_step(composed[key], next(out_dirs), steps))
     results = {}
@@ -232,6 +305,15 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
         )
         results[f"step/{loop}/logging_cost"] = measurement(
             "s/step", full_label, full, off_label, off, TARGET_LOGGING_COST, fast
+        )
+        results[f"step/{loop}/scheduled"] = measurement(
+            "s/step",
+            f"runner {' '.join(runs[f'{loop}/cosine'])}",
+            samples[f"{loop}/cosine"],
+            f"bare {loop} loop with a cosine schedule, {steps} steps",
+            samples[f"{loop}/bare_cosine"],
+            None,  # what a schedule costs the runner: no target of the issue's
+            fast,
         )
     return results
 

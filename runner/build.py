@@ -56,6 +56,16 @@ def _without(node: DictConfig, keys: tuple[str, ...]) -> DictConfig:
     return node
 
 
+def build_scheduler(node: DictConfig, steps: int) -> Any:
+    """The learning-rate schedule (runner.schedules) that the config's scheduler group picks,
+    for a run of `steps` steps, once its settings are in range (ConfigError for the first that
+    is not)."""
+    schedule = instantiate(node, _convert_="all")
+    for key, value, allowed in schedule.check(steps):
+        raise ConfigError(f"scheduler.{key}", value, allowed)
+    return schedule
+
+
 def loop_class(node: DictConfig) -> type:
     """The loop class the config's loop group picks (built later, from a Problem)."""
     cls = get_class(node._target_)
@@ -64,11 +74,12 @@ def loop_class(node: DictConfig) -> type:
 
 
 def build_parts(cfg: DictConfig, optimizer: Any = None) -> dict[str, Any]:
-    """Model, data set, loss and optimizer rule, as the config groups pick them (the rule is
-    `optimizer` when the caller built it already)."""
+    """Model, data set, loss, optimizer rule and learning-rate schedule, as the config groups
+    pick them (the rule is `optimizer` when the caller built it already)."""
     return {
         "model": instantiate(cfg.model),
         "data": instantiate(_without(cfg.data, HELD_OUT_KEYS), _convert_="all"),
         "loss": instantiate(cfg.loss),
         "optimizer": build_optimizer(cfg.optimizer) if optimizer is None else optimizer,
+        "scheduler": build_scheduler(cfg.scheduler, cfg.train.steps),
     }

@@ -2,11 +2,12 @@
 
 One file per run, replaced with a rename: `state.npz` for the numpy loop (so it never needs
 torch) or `state.pt` for the torch loops (read back with `weights_only=True`). Each holds the
-loop's state tree (parameters and optimizer state, the manual loops' own included), the step,
-the tracker's running values and the settings that must not change on resume. There is no RNG
-stream to restore: the data and initial weights come from train.seed before training, and the
-batch of every step is a pure function of (seed, step) (runner.data.BatchSchedule). A file that
-cannot be read, or that another format wrote, is refused with one line that names it.
+loop's state tree (parameters and optimizer state, the manual loops' own included, and under a
+learning-rate schedule the scheduler's), the step, the tracker's running values and the settings
+that must not change on resume. There is no RNG stream to restore: the data and initial weights
+come from train.seed before training, and the batch of every step is a pure function of
+(seed, step) (runner.data.BatchSchedule). A file that cannot be read, or that another format
+wrote, is refused with one line that names it.
 """
 
 from __future__ import annotations

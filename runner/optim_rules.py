@@ -759,6 +759,39 @@ def for_jobs(rule: Any, lrs: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) 
     return PerJobRule(rule, lrs, shapes)
 
 
+class ScheduledRule:
+    """`rule` for K jobs whose rates change between steps (a learning-rate schedule's): `at`
+    moves it to new rates, and `init_state` and `update` are those of `for_jobs` at them.
+
+    One job's rate is a Python float, as in a run without a schedule, so its arithmetic is that
+    run's: its rule is a copy that only this object holds, and `at` sets the copy's `lr` in place
+    (a new frozen dataclass every step would cost a fifth of a numpy step). K jobs' rates are a
+    (K,) array, and `at` asks `for_jobs` for their rule.
+    """
+
+    def __init__(self, rule: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.rule, self.shapes = rule, shapes
+        self.current: Any = None
+
+    def at(self, lrs: float | np.ndarray) -> None:
+        """Steps from now on run at `lrs`: a float (one job) or float64 (K,)."""
+        if isinstance(lrs, float):
+            if self.current is None:
+                self.current = dataclasses.replace(self.rule, lr=lrs)
+            else:  # this copy is ours alone: nothing else holds it
+                object.__setattr__(self.current, "lr", lrs)
+        else:
+            self.current = for_jobs(self.rule, lrs, self.shapes)
+
+    def init_state(self, params: Mapping[str, Array], xp) -> dict:
+        return self.current.init_state(params, xp)
+
+    def update(
+        self, params: Mapping[str, Array], grads: Mapping[str, Array], state: dict, xp
+    ) -> tuple[dict[str, Array], dict]:
+        return self.current.update(params, grads, state, xp)
+
+
 class Rates:
     """K learning rates standing in for a rule's one `lr` float, shape (K, 1, ...).
 

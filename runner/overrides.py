@@ -41,7 +41,7 @@ def parse(overrides: Sequence[str]) -> list[Override]:
 
 
 # The config groups a user picks an option of, and their options as shipped in conf/<group>/.
-GROUPS = ("model", "data", "loss", "optimizer", "loop", "device", "experiment")
+GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "loop", "device", "experiment")
 
 
 def group_options(group: str) -> list[str]:

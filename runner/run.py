@@ -467,11 +467,14 @@ def _finished(summary_path: Path, steps: int) -> Finished | None:
 
 # What a resumed run must share with the run it continues; log.*, train.steps and the device
 # may change (a longer run, other logging), but not what would make the result meaningless.
-_FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "loop")
+# The scheduler counts once it is not `none` (checkpoints from before schedules resume as they
+# were), and so does train.steps when the schedule depends on it (cosine's T_max: null).
+_FINGERPRINT_KEYS = ("model", "data", "loss", "optimizer", "scheduler", "loop")
 _FINGERPRINT_TRAIN = ("seed", "batch_size", "dtype")
 # ... and these, only when they are not their default: a checkpoint written before they existed
 # (which never had them on) still resumes.
 _FINGERPRINT_TRAIN_IF_SET = {"clip_grad_norm": None, "clip_grad_value": None, "accumulate": 1}
+_NO_SCHEDULE = "none"
 
 
 # The data's contents, under the same data.path or not (a CSV file may change between runs).
@@ -484,9 +487,14 @@ def settings_fingerprint(
     """{"fingerprint": ..., "choices": ...}: the settings a resumed run must share with its
     checkpoint, flat, with a digest of the problem's data; and the options picked in their
     groups, which name a changed group as the user typed it."""
-    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in _FINGERPRINT_KEYS}
+    scheduled = problem.schedule is not None
+    keys = [k for k in _FINGERPRINT_KEYS if scheduled or k != "scheduler"]
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys}
+    train_keys = list(_FINGERPRINT_TRAIN)
+    if scheduled and _follows_steps(cfg, problem):
+        train_keys.append("steps")
     settings["train"] = {
-        k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in _FINGERPRINT_TRAIN
+        k: str(cfg.train[k].value if k == "dtype" else cfg.train[k]) for k in train_keys
     }
     for k, default in _FINGERPRINT_TRAIN_IF_SET.items():
         if cfg.train[k] != default:
@@ -497,8 +505,17 @@ def settings_fingerprint(
         digest.update(repr(values.shape).encode())
         digest.update(values.tobytes())
     flat[_DATA_DIGEST] = digest.hexdigest()
-    picked = {g: choices[g] for g in _FINGERPRINT_KEYS if choices and g in choices}
+    picked = {g: choices[g] for g in keys if choices and g in choices}
     return {"fingerprint": flat, "choices": picked}
+
+
+def _follows_steps(cfg: DictConfig, problem: Problem) -> bool:
+    """Whether the run's schedule depends on train.steps (cosine with T_max: null, or
+    warmup_cosine): a resume with another train.steps would then change its rates."""
+    from runner.build import build_scheduler
+
+    steps = cfg.train.steps
+    return build_scheduler(cfg.scheduler, steps + 1).resolved(steps + 1) != problem.schedule
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -524,17 +541,26 @@ def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> No
             continue  # a key newer than the checkpoint, at the value that leaves it off
         group = key.split(".")[0]
         was, is_now = saved.get("choices", {}).get(group), now["choices"].get(group)
+        if group == "scheduler":  # left out of the fingerprint when it is none
+            was = was or (_NO_SCHEDULE if _unscheduled(before) else None)
+            is_now = is_now or (_NO_SCHEDULE if _unscheduled(current) else None)
         if was and is_now and was != is_now:
             change = f"{group} was {was}, now {is_now}"
         elif key == _DATA_DIGEST:
             change = "the data changed since the run began (its values differ)"
         else:
             change = f"{key} was {before.get(key, 'unset')}, now {current.get(key, 'unset')}"
+            if key == "train.steps":
+                change += ", and the schedule's length follows it"
         raise ConfigError(
             "train.resume",
             True,
             f"the settings of the run being resumed; {change} (start a new run directory instead)",
         )
+
+
+def _unscheduled(fingerprint: Mapping[str, Any]) -> bool:
+    return not any(key.startswith("scheduler.") for key in fingerprint)
 
 
 def build_problem(
@@ -585,6 +611,8 @@ def build_problem(
         val_y=None if val is None else val[1],
         clip=grad_clip(train.clip_grad_norm, train.clip_grad_value),
         accumulate=train.accumulate,
+        schedule=parts["scheduler"].resolved(train.steps),
+        monitor=train.early_stop.monitor,
     )
 
 

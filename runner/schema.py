@@ -15,13 +15,13 @@ import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from runner import optim_rules
+from runner import optim_rules, schedules
 from runner.errors import ConfigError, UnknownKeyError
 
 
@@ -104,18 +104,24 @@ class HuberConf:
     delta: float = 1.0
 
 
-# --- optimizer: the update rules' own dataclasses are the schemas (one set of defaults) -----
+# --- optimizer and scheduler: the rules' and schedules' own dataclasses are the schemas -----
 def _rule_schema(rule: type) -> type:
-    """A rule's fields and defaults as a config schema, plus the `_target_` that builds it."""
+    """A rule's (or a schedule's) fields and defaults as a config schema, plus the `_target_`
+    that builds it. A field without a default must be set (`???` until it is)."""
     fields: list[tuple[str, Any, Any]] = [
         ("_target_", str, field(default=f"{rule.__module__}.{rule.__name__}"))
     ]
     hints = get_type_hints(rule)
     for f in dataclasses.fields(rule):
-        if isinstance(f.default, tuple):  # configs hold lists, not tuples
-            fields.append((f.name, list[float], field(default_factory=partial(list, f.default))))
+        hint = hints[f.name]
+        if get_origin(hint) is tuple:  # configs hold lists, not tuples
+            hint = list[get_args(hint)[0]]
+        if f.default is dataclasses.MISSING:
+            fields.append((f.name, hint, field(default=MISSING)))
+        elif isinstance(f.default, tuple):
+            fields.append((f.name, hint, field(default_factory=partial(list, f.default))))
         else:
-            fields.append((f.name, hints[f.name], field(default=f.default)))
+            fields.append((f.name, hint, field(default=f.default)))
     return dataclasses.make_dataclass(f"{rule.__name__}Conf", fields)
 
 
@@ -136,6 +142,9 @@ OPTIMIZER_SCHEMAS = {
         "lbfgs": optim_rules.LBFGS,
     }.items()
 }
+
+
+SCHEDULER_SCHEMAS = {name: _rule_schema(cls) for name, cls in schedules.SCHEDULES.items()}
 
 
 # --- loop and device -----------------------------------------------------------------------
@@ -193,6 +202,7 @@ class RunConf:
     data: Any = MISSING
     loss: Any = MISSING
     optimizer: Any = MISSING
+    scheduler: Any = MISSING
     loop: Any = MISSING
     device: Any = MISSING
     train: TrainConf = field(default_factory=TrainConf)
@@ -209,6 +219,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "loss": {"mse": MSEConf, "l1": L1Conf, "huber": HuberConf},
     "optimizer": OPTIMIZER_SCHEMAS,
+    "scheduler": SCHEDULER_SCHEMAS,
     "loop": {"loop": LoopConf},
     "device": {"device": DeviceConf},
 }
@@ -325,7 +336,8 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     if "delta" in cfg.loss and not cfg.loss.delta > 0:
         raise ConfigError("loss.delta", cfg.loss.delta, "a number > 0 (Huber's threshold)")
 
-    # The optimizer's own ranges are checked where it is built (runner.build.build_optimizer).
+    # The optimizer's and the scheduler's own ranges are checked where they are built
+    # (runner.build.build_optimizer, build_scheduler).
     rule = get_class(cfg.optimizer._target_)
     if not rule.manual and loop_name != "optim":
         raise ConfigError(

@@ -117,7 +117,7 @@ def _vectorized_configs(
     check = _compose(loader, launcher.config, job_overrides[1], initial_job_idx + 1)
     if _container(check) != _container(configs[1]):
         return None, "the jobs' configs differ in more than the swept rate"
-    from runner.build import build_optimizer
+    from runner.build import build_optimizer, build_scheduler
     from runner.errors import describe_error
     from runner.schema import validate
 
@@ -125,6 +125,7 @@ def _vectorized_configs(
         try:
             validate(cfg, loop_name)
             build_optimizer(cfg.optimizer)
+            build_scheduler(cfg.scheduler, cfg.train.steps)
         except Exception as err:
             return None, f"job {initial_job_idx + j}: {describe_error(err)[0]}"
     return configs, ""

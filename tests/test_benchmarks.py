@@ -21,12 +21,15 @@ MEASURED = {
     "step/numpy/logging_off": 1.10,
     "step/numpy/logging_full": None,
     "step/numpy/logging_cost": 1.25,
+    "step/numpy/scheduled": None,
     "step/autograd/logging_off": 1.10,
     "step/autograd/logging_full": None,
     "step/autograd/logging_cost": 1.25,
+    "step/autograd/scheduled": None,
     "step/optim/logging_off": 1.10,
     "step/optim/logging_full": None,
     "step/optim/logging_cost": 1.25,
+    "step/optim/scheduled": None,
     "step/optim/clip_grad_norm": 1.10,
     "startup/numpy_vs_optim": 0.35,
     "startup/optim_vs_import_torch": 1.3,
@@ -118,6 +121,21 @@ def test_bare_optim_loop_fits_the_line(bench, clipped):
     _, weight, loss = (bench.bare_optim_clipped if clipped else bench.BARE["optim"])(3000)
     assert weight == pytest.approx(2.0, abs=1e-2)
     assert loss < 1e-4
+
+
+@pytest.mark.parametrize("loop", ["numpy", "autograd", "optim"])
+def test_bare_cosine_loops_follow_the_runners_schedule(bench, loop, tmp_path):
+    # Each bare loop's cosine ends where the runner's scheduler=cosine run of its loop ends.
+    from tests.helpers import train
+
+    _, weight, loss = bench.BARE_COSINE[loop](40)
+    overrides = bench.LOOP_OVERRIDES[loop]
+    summary, _ = train(tmp_path, *overrides, *bench.SCHEDULED, "train.steps=40")
+    if loop == "optim":  # nn.Linear's own init from torch.manual_seed(0): a looser check
+        assert summary["final_loss"] < 1.0 and loss < 1.0
+        return
+    assert weight == pytest.approx(summary["params"]["weight"], rel=1e-5)
+    assert loss == pytest.approx(summary["final_loss"], rel=1e-5)
 
 
 def test_sweep_rates_are_distinct_and_stable(bench):

@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from runner.overrides import GROUPS
 from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal, wait_for
 
 pytestmark = pytest.mark.slow
@@ -113,7 +114,7 @@ def test_help_lists_every_shipped_option(tmp_path):
             key, options = line.split(":", 1)
             groups[key] = options
     conf = REPO / "conf"
-    for group in ("model", "data", "loss", "optimizer", "loop", "device", "experiment"):
+    for group in GROUPS:  # every group the command line picks an option of
         shipped = {p.stem for p in (conf / group).glob("*.yaml")}
         listed = {word for word in groups[group].replace("|", " ").split() if word in shipped}
         assert listed == shipped, group
@@ -151,6 +152,17 @@ BAD = [
         " nadam, radam, rmsprop, rprop, sgd",
     ),
     (["loop=jax"], "loop=jax: expected one of autograd, numpy, optim"),
+    (
+        ["scheduler=cosin"],
+        "scheduler=cosin: expected one of cosine, exponential, linear, multistep, none, plateau, "
+        "step, warmup_cosine; did you mean cosine?",
+    ),
+    (["scheduler=step"], "scheduler.step_size=???: expected a value (this option needs it set)"),
+    (
+        ["scheduler=warmup_cosine", "scheduler.warmup_steps=100"],
+        "scheduler.warmup_steps=100: expected an integer >= 0 and < train.steps (100): the "
+        "cosine part lasts train.steps - warmup_steps",
+    ),
     (["optimizer.lr=fast"], "optimizer.lr=fast: expected a number"),
     (["train.steps=10.5"], "train.steps=10.5: expected an integer"),
     (["optimizer.lr=inf"], "optimizer.lr=inf: expected a finite number"),

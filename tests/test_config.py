@@ -31,17 +31,32 @@ OPTIONS = {
         "asgd",
         "lbfgs",
     ],
+    "scheduler": [
+        "none",
+        "step",
+        "multistep",
+        "exponential",
+        "cosine",
+        "linear",
+        "warmup_cosine",
+        "plateau",
+    ],
     "loop": ["numpy", "autograd", "optim"],
     "device": ["cpu", "auto"],
 }
 NEEDS = {  # what an option needs besides itself to make a runnable experiment
     "points": ["data.x=[1,2,3]", "data.y=[2,4,6]"],
     "lbfgs": ["loop=optim"],
+    "step": ["scheduler.step_size=2"],
+    "multistep": ["scheduler.milestones=[2,4]"],
+    "exponential": ["scheduler.gamma=0.9"],
+    "warmup_cosine": ["scheduler.warmup_steps=2"],
 }
 
 
 def test_option_lists_match_the_config_folders():
-    shipped = {g: sorted(SCHEMAS[g]) for g in ("model", "data", "loss", "optimizer")}
+    groups = ("model", "data", "loss", "optimizer", "scheduler")
+    shipped = {g: sorted(SCHEMAS[g]) for g in groups}
     assert shipped == {g: sorted(OPTIONS[g]) for g in shipped}
 
 

@@ -278,11 +278,16 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
     assert "Traceback" not in stderr
 
 
-def test_numpy_loop_never_imports_torch(tmp_path):
+@pytest.mark.parametrize(
+    "schedule",
+    [[], ["scheduler=plateau"], ["scheduler=warmup_cosine", "scheduler.warmup_steps=2"]],
+    ids=lambda args: " ".join(args) or "no schedule",
+)
+def test_numpy_loop_never_imports_torch(tmp_path, schedule):
     code = (
         "import sys; from runner.cli import cli; "
         "sys.argv = ['runner', 'loop=numpy', 'model=linear', 'optimizer=adam', "
-        f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}', *{schedule!r}]\n"
         "code = cli()\nassert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

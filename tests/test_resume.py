@@ -62,6 +62,22 @@ OPTIMIZERS["lbfgs+clip_grad_norm"] = [*OPTIMIZERS["lbfgs"], "train.clip_grad_nor
 CASES += [(loop, "adam+clip_grad_norm+accumulate") for loop in ("numpy", "autograd", "optim")]
 CASES.append(("autograd", "sgd+clip_grad_value"))
 CASES.append(("optim", "lbfgs+clip_grad_norm"))
+# With a learning-rate schedule on: its state resumes too (40 steps, a crash at 25).
+SCHEDULES = {
+    "step": ["optimizer=adam", "scheduler=step", "scheduler.step_size=6", "scheduler.gamma=0.7"],
+    "cosine": ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=cosine"],
+    "warmup_cosine": ["optimizer=adamw", "scheduler=warmup_cosine", "scheduler.warmup_steps=23"],
+    "plateau": [
+        "optimizer=rmsprop",
+        "scheduler=plateau",
+        "scheduler.patience=1",
+        "scheduler.cooldown=1",
+        "scheduler.factor=0.5",
+    ],
+}
+for name, args in SCHEDULES.items():
+    OPTIMIZERS[f"schedule={name}"] = args
+    CASES.extend((loop, f"schedule={name}") for loop in ("numpy", "autograd", "optim"))
 
 
 def _crash_after(monkeypatch, loop_module: str, cls: str, step: int) -> None:
@@ -106,9 +122,11 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, l
     assert summary["params"] == first["params"] and summary["best_loss"] == first["best_loss"]
 
 
+@pytest.mark.parametrize("schedule", [[], SCHEDULES["step"][1:], SCHEDULES["plateau"][1:]])
 @pytest.mark.parametrize("loop", ["numpy", "optim"])
-def test_a_finished_run_can_be_extended(tmp_path, loop):
-    args = [f"loop={loop}", *PROBLEM, "optimizer=adam"]
+def test_a_finished_run_can_be_extended(tmp_path, loop, schedule):
+    # a schedule that does not follow train.steps continues too
+    args = [f"loop={loop}", *PROBLEM, "optimizer=adam", *schedule]
     train(tmp_path / "straight", *args, "train.steps=30")
     train(tmp_path / "short", *args, "train.steps=12")  # 12 is no multiple of 7: final checkpoint
     train(tmp_path / "short", *args, "train.steps=30", "train.resume=true")
@@ -421,6 +439,45 @@ def test_a_changed_group_is_named_by_its_choice(tmp_path):
         run_with("adam", "train.resume=true", "train.steps=20")
     with pytest.raises(ConfigError, match=r"; optimizer.lr was 0.01, now 0.2 \("):
         run_with("sgd", "train.resume=true", "train.steps=20", "optimizer.lr=0.2")
+
+
+@pytest.mark.parametrize(
+    "schedule", [["scheduler=cosine"], ["scheduler=warmup_cosine", "scheduler.warmup_steps=5"]]
+)
+def test_a_schedule_that_follows_train_steps_is_not_extended(tmp_path, schedule):
+    # cosine's T_max: null is train.steps: 20 more steps would change every rate after step 10
+    train(tmp_path / "run", *PROBLEM, *schedule, "train.steps=10")
+    with pytest.raises(
+        ConfigError,
+        match=r"; train.steps was '10', now '20', and the schedule's length follows it \(",
+    ):
+        train(tmp_path / "run", *PROBLEM, *schedule, "train.steps=20", "train.resume=true")
+    summary, _ = train(tmp_path / "long", *PROBLEM, "scheduler=cosine", "scheduler.T_max=10",
+                       "train.steps=10")  # fmt: skip
+    summary, _ = train(tmp_path / "long", *PROBLEM, "scheduler=cosine", "scheduler.T_max=10",
+                       "train.steps=20", "train.resume=true")  # fmt: skip
+    assert summary["steps_completed"] == 20
+
+
+def test_a_changed_schedule_is_refused_on_resume(tmp_path):
+    def run_with(*overrides: str) -> None:
+        from tests.helpers import compose_config
+
+        overrides = ("train.steps=10", *overrides)
+        cfg = compose_config("log.progress=false", *overrides)
+        choices = {"scheduler": next((o.split("=")[1] for o in overrides
+                                      if o.startswith("scheduler=")), "none")}  # fmt: skip
+        run(cfg, tmp_path / "run", overrides, choices=choices)
+
+    run_with()  # no schedule
+    with pytest.raises(ConfigError, match=r"; scheduler was none, now cosine \("):
+        run_with("scheduler=cosine", "train.resume=true", "train.steps=20")
+    shutil.rmtree(tmp_path / "run")
+    run_with("scheduler=step", "scheduler.step_size=3")
+    with pytest.raises(ConfigError, match=r"; scheduler was step, now none \("):
+        run_with("train.resume=true", "train.steps=20")
+    with pytest.raises(ConfigError, match=r"; scheduler.step_size was 3, now 4 \("):
+        run_with("scheduler=step", "scheduler.step_size=4", "train.resume=true", "train.steps=20")
 
 
 def test_resuming_a_finished_run_with_fewer_steps_changes_nothing(tmp_path):

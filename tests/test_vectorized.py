@@ -66,9 +66,20 @@ CASES = {
         "train.accumulate=2",
         "train.clip_grad_norm=0.5",
     ),
-}
+    # A schedule scales each job's rate: the sweep still trains side by side.
+    "numpy-adam-warmup_cosine": (
+        "loop=numpy", "optimizer=adam", "scheduler=warmup_cosine", "scheduler.warmup_steps=8",
+    ),
+    "autograd-sgd-step-linear": (
+        "loop=autograd", "optimizer=sgd", "scheduler=step", "scheduler.step_size=4", *LINEAR,
+    ),
+    "optim-adam-plateau": (
+        "loop=optim", "optimizer=adam", "scheduler=plateau", "scheduler.patience=2", *LINEAR,
+    ),
+}  # fmt: skip
 COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7")
 RTOL = 1e-5  # float32 (SPEC)
+PLATEAU = ("scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5")
 
 
 def sweep(root: Path, *args: str) -> tuple[Path, str]:
@@ -223,8 +234,12 @@ def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_pat
         ("loop=numpy", "optimizer=adam"),
         ("loop=autograd", "optimizer=rmsprop", "optimizer.momentum=0.5"),
         ("loop=optim", "optimizer=adam", *LINEAR),
+        # the schedule's state too, each job's own (plateau's best and counters are per job)
+        ("loop=numpy", "optimizer=adam", *LINEAR, "train.batch_size=3", *PLATEAU),
+        ("loop=autograd", "optimizer=sgd", "scheduler=step", "scheduler.step_size=4"),
+        ("loop=optim", "optimizer=adam", *LINEAR, "train.batch_size=3", *PLATEAU),
     ],
-    ids=lambda args: args[0],
+    ids=lambda args: " ".join(a for a in args if a.startswith(("loop=", "scheduler="))),
 )
 def test_a_side_by_side_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_path):
     # 20 steps side by side, then job 1's own run resumes from its checkpoint to 30: the same
@@ -241,3 +256,54 @@ def test_a_side_by_side_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_
     want = tmp_path / "want"
     run(compose_config(*args, "optimizer.lr=0.05", "train.steps=30"), want)
     assert_same_job(tmp_path / "1", want)
+
+
+SCHEDULED = {
+    "cosine": ("scheduler=cosine", "scheduler.T_max=12", "scheduler.eta_min=0.0001"),
+    "warmup_cosine": ("scheduler=warmup_cosine", "scheduler.warmup_steps=10"),
+    "step": ("scheduler=step", "scheduler.step_size=7", "scheduler.gamma=0.5"),
+    # rates of 0.05 and 0.01 fall to min_lr: the jobs' rates become equal, then stay so
+    "plateau": ("scheduler=plateau", "scheduler.patience=1", "scheduler.min_lr=0.0001"),
+}
+
+
+@pytest.mark.parametrize("loop", ["numpy", "autograd", "optim"])
+@pytest.mark.parametrize("schedule", list(SCHEDULED))
+def test_a_scheduled_jobs_rates_are_those_of_its_own_run(loop, schedule, tmp_path):
+    # float64, whose CSV values read back exactly: each job's lr column, bit for bit
+    args = ("log.progress=false", f"loop={loop}", "optimizer=adam", *LINEAR, "train.batch_size=3",
+            "train.steps=40", "train.dtype=float64", "log.tensorboard=false",
+            *SCHEDULED[schedule])  # fmt: skip
+    rates = ("0.05", "0.01", "0.002")
+    jobs = [
+        Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / lr) for lr in rates
+    ]
+    run_jobs(jobs)
+    for job, lr in zip(jobs, rates, strict=True):
+        run(job.cfg, tmp_path / "alone" / lr)
+        got, want = (pd.read_csv(tmp_path / d / lr / "metrics.csv") for d in ("side", "alone"))
+        assert got["lr"].tolist() == want["lr"].tolist()
+        assert len(set(got["lr"])) > 2
+        assert_same_job(tmp_path / "side" / lr, tmp_path / "alone" / lr)
+
+
+@pytest.mark.parametrize("loop", ["numpy", "autograd", "optim"])
+def test_jobs_side_by_side_resume_side_by_side_under_a_schedule(loop, tmp_path):
+    # 20 steps of 3 jobs, then the same 3 resumed together to 30: the bytes of 30 straight
+    args = ("log.progress=false", f"loop={loop}", "optimizer=adam", *LINEAR, "train.batch_size=3",
+            "log.tensorboard=false", "train.checkpoint_every=10", *PLATEAU)  # fmt: skip
+
+    def jobs(root: str, *more: str) -> list[Job]:
+        return [
+            Job(compose_config(*args, f"optimizer.lr={lr}", *more), tmp_path / root / lr)
+            for lr in ("0.05", "0.01", "0.002")
+        ]
+
+    run_jobs(jobs("straight", "train.steps=30"))
+    run_jobs(jobs("resumed", "train.steps=20"))
+    results = run_jobs(jobs("resumed", "train.steps=30", "train.resume=true"))
+    assert [r.summary["steps_completed"] for r in results] == [30] * 3
+    for lr in ("0.05", "0.01", "0.002"):
+        straight = (tmp_path / "straight" / lr / "metrics.csv").read_bytes()
+        assert (tmp_path / "resumed" / lr / "metrics.csv").read_bytes() == straight, lr
+        assert len(set(pd.read_csv(tmp_path / "straight" / lr / "metrics.csv")["lr"])) > 2

@@ -10,6 +10,10 @@ hyperparameters (`Problem.lrs`, shape (K,)). Parameters, losses and gradients ca
 job axis of K; a single run is K = 1, and there the axis is left out: one job computes exactly
 what a run alone computes, at its speed (the axis costs a run of these tiny models 10-40% per
 step). The update rules are elementwise, so a job's numbers do not depend on the others.
+
+Under a learning-rate schedule (`Problem.schedule`) the rates change from step to step: the
+manual loops step a `runner.schedules.ManualSchedule`, the optim loop torch's schedulers, and each
+record carries the rates its step used. Without one a loop does no per-step schedule work at all.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ VAL_LOSS = "val_loss"  # the loss on the held-out rows, at the parameters `loss`
 class StepRecord(NamedTuple):
     """One optimizer update of every job. Values stay in the loop's own arrays (on its device).
 
-    loss (K,): at the parameters before this update; lr (K,): the rate each job used (float64,
-    on the host); params (K, *shape): after the update; grads (K, *shape): the ones it used.
+    loss (K,): at the parameters before this update; lr (K,): the rate each job used (float64
+    on the host: an array, or a tuple of floats); params (K, *shape): after the update; grads
+    (K, *shape): the ones it used.
     extras: more per-job scalars (K,) that features add (Problem.extras names them, in order),
     e.g. the gradient norm before clipping; empty when none is on.
     With one job (K = 1), loss, params, grads and extras are that job's own, without the job
@@ -46,7 +51,7 @@ class StepRecord(NamedTuple):
 
     step: int
     loss: Array
-    lr: np.ndarray
+    lr: np.ndarray | tuple[float, ...]
     params: Mapping[str, Array]
     grads: Mapping[str, Array]
     extras: Mapping[str, Array] = NO_EXTRAS
@@ -65,11 +70,14 @@ class Problem:
     batches: BatchSchedule
     dtype: str  # "float32" | "float64"
     device: str  # resolved: "cpu", "cuda", "mps"
-    lrs: np.ndarray  # (K,) float64: each job's learning rate
+    lrs: np.ndarray  # (K,) float64: each job's learning rate (its base rate, under a schedule)
     val_x: np.ndarray | None = None  # held-out rows (data.val_fraction), like x and y
     val_y: np.ndarray | None = None
     clip: Any = None  # runner.clipping.ClipNorm | ClipValue, applied before the update; or None
     accumulate: int = 1  # mini-batches whose mean gradient makes one optimizer step
+    # a resolved learning-rate schedule (runner.schedules), or None: constant rates
+    schedule: Any = None
+    monitor: str = "loss"  # train.early_stop.monitor: `loss` or an extra (`val_loss`)
 
     @property
     def jobs(self) -> int:
@@ -120,6 +128,33 @@ class Loop(Protocol):
         ...
 
 
+def manual_schedule(problem: Problem, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """The manual loops' schedule of `problem` (runner.schedules.ManualSchedule), which holds
+    the update rule at its rates; None without a schedule."""
+    if problem.schedule is None:
+        return None
+    from runner.schedules import ManualSchedule
+
+    return ManualSchedule(problem.schedule, problem.lrs, problem.optimizer, shapes)
+
+
+def monitored(record: StepRecord, monitor: str) -> Array:
+    """The value train.early_stop.monitor names in `record`: its loss, or one of its extras
+    (val_loss): what scheduler=plateau watches."""
+    return record.loss if monitor == "loss" else record.extras[monitor]
+
+
+def follow_schedule(
+    records: Iterator[StepRecord], schedule: Any, monitor: str
+) -> Iterator[StepRecord]:
+    """`records` with the rates their steps used: `schedule` (a ManualSchedule) steps after each
+    step, with its `monitor` value, before the loop computes the next one at its new rates."""
+    for r in records:
+        rates = schedule.rates
+        schedule.step(monitored(r, monitor))
+        yield StepRecord(r.step, r.loss, rates, r.params, r.grads, r.extras)
+
+
 def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
     """Host rows [loss, lr, params..., grads..., extras...] of records holding `xp` arrays (see
     Loop.to_host): one stack per parameter across the records, one transfer for them all."""
@@ -133,7 +168,7 @@ def pack_rows(records: list[StepRecord], xp: Any, to_numpy: Any) -> np.ndarray:
     values = to_numpy(xp.concatenate(blocks, axis=2))  # (T, K, 1 + 2P + E), the loop's dtype
     rows = np.empty((k, t, values.shape[2] + 1))
     rows[..., 0] = values[..., 0].T
-    rows[..., 1] = np.stack([r.lr for r in records], 1)
+    rows[..., 1] = np.array([r.lr for r in records], dtype=np.float64).T
     rows[..., 2:] = values[..., 1:].transpose(1, 0, 2)
     return rows
 

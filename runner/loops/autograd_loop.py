@@ -14,8 +14,10 @@ from runner.loops import (
     VAL_LOSS,
     Problem,
     StepRecord,
+    follow_schedule,
     job_slice,
     load_job_slice,
+    manual_schedule,
 )
 from runner.loops.torch_common import TorchData, pack_torch
 from runner.optim_rules import for_jobs
@@ -38,7 +40,12 @@ class AutogradLoop:
             for n, v in problem.init.items()
         }
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
-        self.rule = for_jobs(problem.optimizer, problem.lrs, shapes)
+        self.schedule = manual_schedule(problem, shapes)
+        self.rule = (
+            for_jobs(problem.optimizer, problem.lrs, shapes)
+            if self.schedule is None
+            else self.schedule.rule
+        )
         with torch.no_grad():
             self.opt_state = self.rule.init_state(self._values(), torch)
         # One job: the loss as a run alone computes it. K jobs: per-sample losses averaged per
@@ -51,6 +58,12 @@ class AutogradLoop:
         return {k: p.detach() for k, p in self.params.items()}
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
+        records = self._steps(first, last)
+        if self.schedule is None:
+            return records
+        return follow_schedule(records, self.schedule, self.problem.monitor)
+
+    def _steps(self, first: int, last: int) -> Iterator[StepRecord]:
         model, rule, data = self.problem.model, self.rule, self.data
         full_batch, lrs, jobs = data.batches.full_batch, self.problem.lrs, self.problem.jobs
         accumulate, clip = self.problem.accumulate, self.problem.clip
@@ -116,13 +129,19 @@ class AutogradLoop:
         """One job's parameters and optimizer state after the last step."""
         if self.problem.jobs == 1:
             params = {k: p.detach().clone() for k, p in self.params.items()}
-            return {"params": params, "optimizer": self.opt_state}
-        params = {k: p.detach()[job].clone() for k, p in self.params.items()}
-        optimizer = job_slice(self.opt_state, job, lambda a: a[job].clone())
-        return {"params": params, "optimizer": optimizer}
+            state = {"params": params, "optimizer": self.opt_state}
+        else:
+            params = {k: p.detach()[job].clone() for k, p in self.params.items()}
+            optimizer = job_slice(self.opt_state, job, lambda a: a[job].clone())
+            state = {"params": params, "optimizer": optimizer}
+        if self.schedule is not None:
+            state["scheduler"] = self.schedule.state(job)
+        return state
 
     def load_state(self, job: int, state: dict) -> None:
         one = self.problem.jobs == 1
+        if self.schedule is not None:
+            self.schedule.load_state(job, state["scheduler"])
         with torch.no_grad():
             for k, p in self.params.items():
                 (p if one else p[job]).copy_(state["params"][k])

@@ -12,8 +12,10 @@ from runner.loops import (
     VAL_LOSS,
     Problem,
     StepRecord,
+    follow_schedule,
     job_slice,
     load_job_slice,
+    manual_schedule,
     pack_numpy,
 )
 from runner.optim_rules import for_jobs
@@ -35,10 +37,21 @@ class NumpyLoop:
             for n, v in problem.init.items()
         }
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
-        self.rule = for_jobs(problem.optimizer, problem.lrs, shapes)
+        self.schedule = manual_schedule(problem, shapes)
+        self.rule = (
+            for_jobs(problem.optimizer, problem.lrs, shapes)
+            if self.schedule is None
+            else self.schedule.rule
+        )
         self.opt_state = self.rule.init_state(self.params, np)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
+        records = self._steps(first, last)
+        if self.schedule is None:
+            return records
+        return follow_schedule(records, self.schedule, self.problem.monitor)
+
+    def _steps(self, first: int, last: int) -> Iterator[StepRecord]:
         p = self.problem
         model, loss_fn, rule, batches = p.model, p.loss, self.rule, p.batches
         full_batch, lrs, clip, jobs_axis = batches.full_batch, p.lrs, p.clip, p.jobs > 1
@@ -94,14 +107,20 @@ class NumpyLoop:
         """One job's parameters and optimizer state after the last step (arrays are never
         mutated, so views are safe)."""
         if self.problem.jobs == 1:
-            return {"params": dict(self.params), "optimizer": self.opt_state}
-        return {
-            "params": {n: v[job] for n, v in self.params.items()},
-            "optimizer": job_slice(self.opt_state, job, lambda a: a[job]),
-        }
+            state = {"params": dict(self.params), "optimizer": self.opt_state}
+        else:
+            state = {
+                "params": {n: v[job] for n, v in self.params.items()},
+                "optimizer": job_slice(self.opt_state, job, lambda a: a[job]),
+            }
+        if self.schedule is not None:
+            state["scheduler"] = self.schedule.state(job)
+        return state
 
     def load_state(self, job: int, state: dict) -> None:
         dtype = self.problem.dtype
+        if self.schedule is not None:
+            self.schedule.load_state(job, state["scheduler"])
         if self.problem.jobs == 1:
             self.params = {n: np.asarray(state["params"][n], dtype=dtype) for n in self.params}
             self.opt_state = state["optimizer"]

@@ -10,6 +10,10 @@ K jobs keep K modules and K optimizers, each job's own, at its own rate. Their p
 views of the rows of one (K, *shape) tensor per parameter, so one forward of the module over
 those rows (torch.func.vmap of functional_call) and one backward serve every job; then each
 optimizer steps its job's rows in place. A job whose step raises fails alone, as its run would.
+
+Under a learning-rate schedule each job's optimizer has its torch.optim.lr_scheduler scheduler,
+stepped after it (ReduceLROnPlateau with the job's loss of that step); a record's `lr` is each
+job's `param_groups[0]["lr"]` at its step.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from runner.loops import GRAD_NORM_BEFORE_CLIP, NO_EXTRAS, VAL_LOSS, Problem, StepRecord
+from runner.loops import (
+    GRAD_NORM_BEFORE_CLIP,
+    NO_EXTRAS,
+    VAL_LOSS,
+    Problem,
+    StepRecord,
+    monitored,
+)
 from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
 
 
@@ -67,8 +78,38 @@ class OptimLoop:
         self.needs_closure = isinstance(self.optimizers[0], torch.optim.LBFGS)
         assert jobs == 1 or not self.needs_closure, "LBFGS evaluates each job's loss apart"
         self.failed: dict[int, tuple[int, BaseException]] = {}  # job -> (step, what it raised)
+        # One torch.optim.lr_scheduler scheduler per job's optimizer, stepped after it.
+        schedule = problem.schedule
+        self.schedulers = (
+            None if schedule is None else [schedule.torch_scheduler(o) for o in self.optimizers]
+        )
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
+        records = self._steps(first, last)
+        return records if self.schedulers is None else self._scheduled(records)
+
+    def _scheduled(self, records: Iterator[StepRecord]) -> Iterator[StepRecord]:
+        """`records` with each job's rate at its step, every job's scheduler stepping after its
+        optimizer (ReduceLROnPlateau with the job's loss of that step)."""
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        plateau = isinstance(self.schedulers[0], ReduceLROnPlateau)
+        jobs, monitor = self.problem.jobs, self.problem.monitor
+        for record in records:
+            rates = tuple([o.param_groups[0]["lr"] for o in self.optimizers])
+            # plateau watches train.early_stop.monitor: the step's loss, or its val_loss
+            losses = monitored(record, monitor).reshape(jobs).tolist() if plateau else None
+            for j, scheduler in enumerate(self.schedulers):
+                if j in self.failed:
+                    continue
+                if plateau:
+                    scheduler.step(losses[j])
+                else:
+                    scheduler.step()
+            yield StepRecord(record.step, record.loss, rates, record.params, record.grads,
+                             record.extras)  # fmt: skip
+
+    def _steps(self, first: int, last: int) -> Iterator[StepRecord]:
         step_jobs = self._step_one if self.problem.jobs == 1 else self._step_many
         data, lrs, accumulate = self.data, self.problem.lrs, self.problem.accumulate
         full_batch = data.batches.full_batch
@@ -175,13 +216,19 @@ class OptimLoop:
     def state(self, job: int) -> dict:
         """One job's parameters and torch.optim state after the last step."""
         params = {k: p.detach().clone() for k, p in self.named[job].items()}
-        return {"params": params, "optimizer": self.optimizers[job].state_dict()}
+        state = {"params": params, "optimizer": self.optimizers[job].state_dict()}
+        if self.schedulers is not None:
+            state["scheduler"] = self.schedulers[job].state_dict()
+        return state
 
     def load_state(self, job: int, state: dict) -> None:
         with torch.no_grad():
             for k, p in self.named[job].items():
                 p.copy_(state["params"][k])
+        # The scheduler was built with the optimizer, before this load: as torch asks.
         self.optimizers[job].load_state_dict(state["optimizer"])
+        if self.schedulers is not None:
+            self.schedulers[job].load_state_dict(state["scheduler"])
 
 
 def _set_parameter(module: nn.Module, name: str, value: nn.Parameter) -> None:

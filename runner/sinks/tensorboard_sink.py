@@ -19,7 +19,7 @@ from runner.jobs import swept_keys
 from runner.metrics import Layout
 from runner.tb_writer import HISTOGRAM_BUCKETS, EventWriter
 
-GROUPS = ("model", "data", "loss", "optimizer", "loop", "device")
+GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "loop", "device")
 
 # Histograms only of parameters (and their gradients) of at least one element per bucket: fewer
 # make a few lone spikes, and a small parameter's elements are scalar curves already.
