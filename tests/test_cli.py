@@ -19,11 +19,11 @@ PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadrati
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_runs_through_the_cli(tmp_path, monkeypatch, capsys, preset):
-    code, stdout, stderr = cli_in_process(
-        f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", "log.progress=false",
-        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
-    )  # fmt: skip
+def test_every_preset_runs_through_the_cli(tmp_path, preset):
+    result = cli_in_process(
+        f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", "log.progress=false", cwd=tmp_path
+    )
+    code, stdout, stderr = result.returncode, result.stdout, result.stderr
     assert code == 0, stderr
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("completed: ") and str(tmp_path / "run") in last
@@ -200,7 +200,7 @@ BAD = [
 @pytest.mark.parametrize(
     "args,message", BAD, ids=lambda v: " ".join(v)[:50] if isinstance(v, list) else ""
 )
-def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
     if any(a.startswith("device=cuda") for a in args):
         import torch
 
@@ -209,9 +209,8 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, messag
     (tmp_path / "words.csv").write_text("x,y\n1,2\nabc,3\n")
     (tmp_path / "nan.csv").write_text("x,y\n1,2\n,3\n")
     (tmp_path / "empty.csv").write_text("")
-    code, _, stderr = cli_in_process(
-        *args, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    result = cli_in_process(*args, "hydra.run.dir=run", cwd=tmp_path)
+    code, stderr = result.returncode, result.stderr
     assert code == 2
     assert stderr.strip().splitlines() == [f"runner: error: {message}"] or (
         len(stderr.strip().splitlines()) == 1 and message in stderr
