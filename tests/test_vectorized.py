@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.run import Job, run, run_jobs
-from tests.helpers import REPO, compose_config, run_cli
+from tests.helpers import cli_in_process, compose_config
 
 # 1e38 overflows float32 at once, whatever the optimizer: every sweep has a diverging job.
 RATES = ["0.001", "0.01", "0.1", "1e+38"]
@@ -43,10 +43,9 @@ RTOL = 1e-5  # float32 (SPEC)
 
 
 def sweep(root: Path, *args: str) -> tuple[Path, str]:
-    """`runner -m ARGS...` into root/sweep; returns the sweep dir and stdout."""
+    """`runner -m ARGS...` (in this process) into root/sweep; returns the sweep dir and stdout."""
     out = root / "sweep"
-    # PYTHONPATH: Hydra's plugin scan does not see an editable install's hydra_plugins
-    result = run_cli("-m", *args, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
+    result = cli_in_process("-m", *args, f"hydra.sweep.dir={out}", cwd=root)
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -92,7 +91,6 @@ def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
     assert all(r.error is None for r in results)
 
 
-@pytest.mark.slow
 def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
     args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON)
     (tmp_path / "vec").mkdir()
@@ -112,7 +110,6 @@ def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL)
 
 
-@pytest.mark.slow
 def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
     out, stdout = sweep(
         tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy,optim", *COMMON, "hydra/launcher=vectorized"
@@ -130,7 +127,6 @@ def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
     assert len(pd.read_csv(out / "summary.csv")) == 4
 
 
-@pytest.mark.slow
 def test_lbfgs_runs_job_by_job(tmp_path):
     _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", "optimizer=lbfgs", *COMMON,
                       "hydra/launcher=vectorized")  # fmt: skip
@@ -157,15 +153,14 @@ def test_an_optim_job_whose_step_overflows_diverges_alone_as_its_run_would(tmp_p
         assert_same_job(job.out_dir, alone)
 
 
-@pytest.mark.slow
 def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
     # The vectorized launcher makes the check Hydra's sweeper skips under it: Hydra's message,
     # exit 2, no job directory, as with the basic launcher.
     for launcher in ("vectorized", "basic"):
         out = tmp_path / launcher
         extra = ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
-        result = run_cli("-m", "optimizer.lr=0.1,0.01,abc", "loop=numpy", *COMMON, *extra,
-                         f"hydra.sweep.dir={out}", cwd=tmp_path, PYTHONPATH=str(REPO))  # fmt: skip
+        result = cli_in_process("-m", "optimizer.lr=0.1,0.01,abc", "loop=numpy", *COMMON, *extra,
+                                f"hydra.sweep.dir={out}", cwd=tmp_path)  # fmt: skip
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [
             "runner: error: optimizer.lr=abc: expected a number"
@@ -173,7 +168,6 @@ def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
         assert not out.exists() or job_dirs(out) == []
 
 
-@pytest.mark.slow
 def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_path):
     def sweeper_of(sweep_dir: Path) -> str:
         return OmegaConf.load(sweep_dir / "multirun.yaml").hydra.sweeper._target_
