@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
-from tests.helpers import compose_config, run_cli, wait_for
+from tests.helpers import cli_in_process, compose_config, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,21 @@ SWEEP = (
 )  # fmt: skip
 
 
+def command(launcher: str, *argv: str, cwd: Path, **env: str):
+    """`runner ARGS...` under `hydra/launcher=<launcher>`: in this process for the launchers
+    that run each job here or in a process they start for it and wait for (basic,
+    submitit_local); in a process of its own for the others, whose workers outlive a command
+    (joblib's pool stays up for reuse, with the environment it started with) or need an
+    environment of their own (`env`)."""
+    if launcher in ("basic", "submitit_local") and not env:
+        return cli_in_process(*argv, f"hydra/launcher={launcher}", cwd=cwd)
+    return run_cli(*argv, f"hydra/launcher={launcher}", cwd=cwd, **env)
+
+
 def sweep_with(launcher: str, root: Path, *args: str, **env: str) -> Path:
     """The SWEEP run by `hydra/launcher=<launcher>` into root/<launcher>; returns that dir."""
     sweep = root / launcher
-    result = run_cli(
-        *SWEEP, f"hydra/launcher={launcher}", *args, f"hydra.sweep.dir={sweep}", cwd=root, **env
-    )
+    result = command(launcher, *SWEEP, *args, f"hydra.sweep.dir={sweep}", cwd=root, **env)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == JOBS
     return sweep
@@ -78,9 +87,8 @@ def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_as_it_would_alone(tmp
     # happens in a worker process, which the runner process learns of from the job's
     # failed.json. Bad input is exit 2 under every launcher, as for a single run.
     sweep = tmp_path / launcher
-    result = run_cli("-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
-                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)  # fmt: skip
+    result = command(launcher, "-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["completed", "failed"]
 
