@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal, wait_for
+from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal
 
 PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadratic_bowl"]
 
@@ -315,29 +315,6 @@ def test_a_sweep_directory_that_holds_runs_is_not_started_over(tmp_path):
         "(add train.resume=true to continue its jobs, or choose another directory)"
     ]
     assert _files(tmp_path) == before
-
-
-@pytest.mark.slow
-def test_an_interrupted_run_says_how_to_resume_it(tmp_path):
-    import shlex
-    import signal
-
-    args = ["train.steps=100000000", "loop=numpy", "data=points", "data.x=[1, 2]", "data.y=[2, 4]"]
-    args.append("hydra.run.dir=run")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    csv = tmp_path / "run" / "metrics.csv"
-    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    run_dir = tmp_path / "run"
-    command = shlex.join(["runner", *args[:-1], f"hydra.run.dir={run_dir}", "train.resume=true"])
-    assert stderr.splitlines()[-1] == (
-        f"runner: interrupted; every logged step is on disk in {run_dir}; resume with: {command}"
-    )
 
 
 @contextlib.contextmanager
