@@ -91,12 +91,20 @@ def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
     assert all(r.error is None for r in results)
 
 
-def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
+@pytest.fixture(scope="module")
+def lr_sweeps(tmp_path_factory) -> dict[str, Path]:
+    """One sweep over RATES (numpy loop, Adam) under each launcher: launcher -> sweep dir."""
     args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON)
-    (tmp_path / "vec").mkdir()
-    (tmp_path / "basic").mkdir()
-    vec, _ = sweep(tmp_path / "vec", *args, "hydra/launcher=vectorized")
-    basic, _ = sweep(tmp_path / "basic", *args[1:])
+    root = tmp_path_factory.mktemp("lr_sweeps")
+    dirs = {}
+    for launcher, extra in (("vectorized", ("hydra/launcher=vectorized",)), ("basic", ())):
+        (root / launcher).mkdir()
+        dirs[launcher], _ = sweep(root / launcher, *args, *extra)
+    return dirs
+
+
+def test_same_directories_and_summary_as_the_basic_launcher(lr_sweeps):
+    vec, basic = lr_sweeps["vectorized"], lr_sweeps["basic"]
     assert job_dirs(vec) == job_dirs(basic) == JOBS
     for job in JOBS:
         assert_same_job(vec / job, basic / job)
@@ -168,15 +176,12 @@ def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
         assert not out.exists() or job_dirs(out) == []
 
 
-def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_path):
+def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(lr_sweeps, tmp_path):
     def sweeper_of(sweep_dir: Path) -> str:
         return OmegaConf.load(sweep_dir / "multirun.yaml").hydra.sweeper._target_
 
+    assert sweeper_of(lr_sweeps["vectorized"]).endswith(".RunnerSweeper")
     out, _ = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
-                   "hydra/launcher=vectorized")  # fmt: skip
-    assert sweeper_of(out).endswith(".RunnerSweeper")
-    (tmp_path / "chosen").mkdir()
-    out, _ = sweep(tmp_path / "chosen", "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
                    "hydra/launcher=vectorized", "hydra/sweeper=basic")  # fmt: skip
     assert sweeper_of(out).endswith(".BasicSweeper")
     assert job_dirs(out) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
