@@ -136,8 +136,9 @@ def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
 
 
 def test_lbfgs_runs_job_by_job(tmp_path):
+    # 3 steps: the note is the claim (an LBFGS job's numbers are its own run's, run job by job)
     _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", "optimizer=lbfgs", *COMMON,
-                      "hydra/launcher=vectorized")  # fmt: skip
+                      "train.steps=3", "hydra/launcher=vectorized")  # fmt: skip
     assert (
         "vectorized launcher: optimizer LBFGS (its steps evaluate each job's loss apart); "
         "running jobs one by one" in stdout
