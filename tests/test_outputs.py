@@ -183,6 +183,7 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
     )
 
 
+@pytest.mark.slow
 def test_numpy_loop_never_imports_torch(tmp_path):
     code = (
         "import sys; from runner.cli import cli; "
