@@ -6,6 +6,7 @@ import contextlib
 import copy
 import functools
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     from runner import callbacks, cli, jobs
 
     stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         patch.setattr(sys, "argv", ["runner", *args])
@@ -73,8 +76,17 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         patch.setattr(jobs, "_FAILED", [])  # the exit codes this process noted
         patch.setattr(cli, "_STARTED", [])
         patch.setattr(callbacks, "_SWEEP_UNDER_WAY", [])
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            code = cli.cli()
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = cli.cli()
+        finally:
+            # Hydra set up logging for the command (a job's log file, the console): as it was
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
     return subprocess.CompletedProcess(
         ["runner", *args], code, stdout.getvalue(), stderr.getvalue()
     )
