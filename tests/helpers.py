@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -54,21 +58,38 @@ def run_cli(*args: str, cwd: Path, timeout: float = 180, **env: str) -> subproce
     )
 
 
-def cli_in_process(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    """`runner ARGS...` as the console script runs it, in this process: (exit code, stdout,
-    stderr). For checks of what a command says and returns that need no process of their own
-    (signals, kills and the process's own exit keep run_cli)."""
-    from runner import cli, jobs
+def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`runner ARGS...` as the console script runs it, but in this process: its exit code and
+    what it printed, as run_cli returns them. For commands whose process is not what a test is
+    about (signals, kills, the process's own exit code and terminals keep run_cli). Usable in a
+    module-scoped fixture: it needs no function-scoped fixture."""
+    from runner import callbacks, cli, jobs
 
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["runner", *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # cli() sets it; monkeypatch restores it
-    monkeypatch.setattr(jobs, "_FAILED", [])  # the exit codes this process noted
-    monkeypatch.setattr(cli, "_STARTED", [])
-    capsys.readouterr()
-    code = cli.cli()
-    out, err = capsys.readouterr()
-    return code, out, err
+    stdout, stderr = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", ["runner", *args])
+        patch.setenv("HYDRA_FULL_ERROR", "0")  # cli() sets it
+        patch.delenv(jobs.SWEPT_KEYS_ENV, raising=False)  # cli() sets it for a sweep
+        patch.setattr(jobs, "_FAILED", [])  # the exit codes this process noted
+        patch.setattr(cli, "_STARTED", [])
+        patch.setattr(callbacks, "_SWEEP_UNDER_WAY", [])
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = cli.cli()
+        finally:
+            # Hydra set up logging for the command (a job's log file, the console): as it was
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+    return subprocess.CompletedProcess(
+        ["runner", *args], code, stdout.getvalue(), stderr.getvalue()
+    )
 
 
 def wait_for(check, timeout: float, what: str, every: float = 0.05):

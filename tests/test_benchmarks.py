@@ -1,18 +1,20 @@
-"""benchmarks/run.py: its fast mode runs end to end and reports what SPEC.md's benchmarks promise;
-its bare loops solve the runner's problem. Nothing here judges speed."""
+"""benchmarks/run.py: its fast mode runs end to end and reports what SPEC.md's benchmarks promise
+(in this process, the commands it times included); its bare loops solve the runner's problem.
+Nothing here judges speed."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
-import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, cli_in_process
 
 SCRIPT = REPO / "benchmarks" / "run.py"
 
@@ -44,20 +46,62 @@ MEASURED = {
 
 
 @pytest.fixture(scope="module")
-def fast_run(tmp_path_factory):
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def run_here(bench, cmd: list[str], cwd: Path) -> float:
+    """process_seconds(cmd, cwd) with the command run in this process: each `runner ARGS...`
+    through the console script's cli(), each `python -c CODE` by exec. What the fast mode
+    checks is that every command it times runs (and its script end to end), not the timings,
+    and its dozen processes (torch and torch._dynamo imported in each) cost half a minute."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    runner = bench.runner_command()
+    start = time.perf_counter()
+    if cmd[: len(runner)] == runner:
+        result = cli_in_process(*cmd[len(runner) :], cwd=cwd)
+        if result.returncode != 0:
+            raise RuntimeError(f"{cmd} exited with {result.returncode}:\n{result.stderr}")
+    else:
+        assert cmd[:2] == [sys.executable, "-c"], cmd
+        exec(compile(cmd[2], "<python -c>", "exec"), {})
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def fast_run(bench, tmp_path_factory):
+    """`python benchmarks/run.py --fast --out DIR/results.json`: its main() in this process,
+    with the processes it times run in this process too (run_here); its stdout and the file."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--fast", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return proc, out
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(SCRIPT), "--fast", "--out", str(out)])
+        patch.setattr(bench, "process_seconds", lambda cmd, cwd: run_here(bench, cmd, cwd))
+        with contextlib.redirect_stdout(stdout):
+            code = bench.main()
+    return code, stdout.getvalue(), out
+
+
+def test_process_seconds_times_a_process_and_stops_on_its_failure(bench, tmp_path):
+    # the one part of the fast mode that fast_run replaces, on processes that cost nothing
+    assert bench.process_seconds([sys.executable, "-c", "pass"], tmp_path / "ok") > 0
+    with pytest.raises(RuntimeError, match=r"exited with 3:\nboom"):
+        bench.process_seconds(
+            [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
+            tmp_path / "failing",
+        )
 
 
 def test_fast_mode_exits_cleanly_and_writes_json(fast_run):
-    proc, out = fast_run
-    assert proc.returncode == 0, proc.stderr
+    code, _, out = fast_run
+    assert code == 0
     results = json.loads(out.read_text())
     env = results["environment"]
     assert env["mode"] == "fast" and "--fast" in env["command"]
@@ -66,7 +110,7 @@ def test_fast_mode_exits_cleanly_and_writes_json(fast_run):
 
 
 def test_every_measurement_is_there_with_consistent_numbers(fast_run):
-    _, out = fast_run
+    *_, out = fast_run
     measurements = json.loads(out.read_text())["measurements"]
     assert list(measurements) == list(MEASURED)
     for name, target in MEASURED.items():
@@ -80,7 +124,7 @@ def test_every_measurement_is_there_with_consistent_numbers(fast_run):
 
 
 def test_both_sweeps_time_the_same_jobs(fast_run):
-    _, out = fast_run
+    *_, out = fast_run
     measurements = json.loads(out.read_text())["measurements"]
     basic, vectorized = measurements["sweep/basic_launcher_3"], measurements["sweep/vectorized_3"]
     assert basic["jobs"] == vectorized["jobs"] == 3
@@ -89,22 +133,10 @@ def test_both_sweeps_time_the_same_jobs(fast_run):
 
 
 def test_the_table_has_a_row_per_measurement(fast_run):
-    proc, _ = fast_run
-    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    _, stdout, _ = fast_run
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
     for name in MEASURED:
         assert name in rows, name
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 @pytest.mark.parametrize("loop", ["numpy", "autograd"])

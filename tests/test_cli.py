@@ -1,10 +1,13 @@
-"""The real command line, in subprocesses, as users run it (slow: each start imports torch)."""
+"""The real command line, as users run it: in this process through the console script's cli(),
+and in subprocesses where the process itself is what is checked (its exit code, a signal, a
+terminal; slow: each start imports torch)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,19 +15,17 @@ import pandas as pd
 import pytest
 
 from runner.overrides import GROUPS
-from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal
 
 PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadratic_bowl"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_runs_through_the_cli(tmp_path, monkeypatch, capsys, preset):
-    code, stdout, stderr = cli_in_process(
-        f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", "log.progress=false",
-        cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys,
-    )  # fmt: skip
+def test_every_preset_runs_through_the_cli(tmp_path, preset):
+    result = cli_in_process(
+        f"experiment={preset}", f"hydra.run.dir={tmp_path}/run", "log.progress=false", cwd=tmp_path
+    )
+    code, stdout, stderr = result.returncode, result.stdout, result.stderr
     assert code == 0, stderr
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("completed: ") and str(tmp_path / "run") in last
@@ -36,19 +37,21 @@ def test_every_preset_runs_through_the_cli(tmp_path, monkeypatch, capsys, preset
     assert "Traceback" not in stderr
 
 
-def test_default_run_writes_a_unique_directory_under_outputs(tmp_path):
-    first = run_cli("train.steps=3", cwd=tmp_path)
-    second = run_cli("train.steps=3", cwd=tmp_path)
-    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    runs = sorted(p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json"))
-    assert len(runs) == 2  # even when both start in the same second
-    for run in runs:
-        assert (run / ".hydra" / "config.yaml").exists()
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+def test_default_run_writes_a_directory_under_outputs_named_by_time_and_token(tmp_path):
+    # Two processes never share one: test_robustness.py starts four at once.
+    from runner.schema import RUN_TOKEN
+
+    result = cli_in_process("train.steps=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = (p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", run.parent.name), run
+    assert re.fullmatch(rf"\d\d-\d\d-\d\d_{RUN_TOKEN}", run.name), run
+    assert (run / ".hydra" / "config.yaml").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_the_issue_example_overrides(tmp_path):
-    result = run_cli(
+    result = cli_in_process(
         "loop=numpy",
         "optimizer=adam",
         "optimizer.lr=0.05",
@@ -72,7 +75,7 @@ def test_the_issue_example_overrides(tmp_path):
 
 def test_user_csv_data(tmp_path):
     (tmp_path / "prices.csv").write_text("size,age,price\n50,10,150\n80,5,260\n65,30,170\n")
-    result = run_cli(
+    result = cli_in_process(
         "data=csv",
         "data.path=prices.csv",
         "data.features=[size,age]",
@@ -91,7 +94,7 @@ def test_user_csv_data(tmp_path):
 
 
 def test_multirun_names_job_directories_after_the_swept_values(tmp_path):
-    result = run_cli(
+    result = cli_in_process(
         "-m", "optimizer.lr=0.001,0.01", "train.steps=5", "loop=numpy",
         f"hydra.sweep.dir={tmp_path}/sweep",
         cwd=tmp_path,
@@ -104,7 +107,7 @@ def test_multirun_names_job_directories_after_the_swept_values(tmp_path):
 
 
 def test_help_lists_every_shipped_option(tmp_path):
-    result = run_cli("--help", cwd=tmp_path)
+    result = cli_in_process("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     groups: dict[str, str] = {}
     for line in result.stdout.split("== Config groups ==")[1].split("Examples:")[0].splitlines():
@@ -124,22 +127,21 @@ def test_help_names_every_console_script(tmp_path):
     section = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n\n")[0]
     scripts = [line.split("=")[0].strip() for line in section.splitlines() if "=" in line]
     assert "runner-predict" in scripts
-    result = run_cli("--help", cwd=tmp_path)
+    result = cli_in_process("--help", cwd=tmp_path)
     more = result.stdout.split("More:")[1].split("== Config")[0]
     assert {name for name in scripts if name != "runner"} <= set(more.split())
     assert "train.resume=true" in more and "tensorboard --logdir" in more
 
 
-def test_version_is_the_runners(tmp_path, monkeypatch, capsys):
+def test_version_is_the_runners(tmp_path):
     from importlib.metadata import version
 
-    code, out, _ = cli_in_process("--version", cwd=tmp_path, monkeypatch=monkeypatch,
-                                  capsys=capsys)  # fmt: skip
-    assert code == 0 and out == f"runner {version('runner')}\n"
+    result = cli_in_process("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"runner {version('runner')}\n"
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    result = run_cli("--cfg", "job", "optimizer=adam", cwd=tmp_path)
+    result = cli_in_process("--cfg", "job", "optimizer=adam", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "_target_: runner.optim_rules.Adam" in result.stdout
     assert "betas:" in result.stdout
@@ -244,7 +246,7 @@ BAD = [
 @pytest.mark.parametrize(
     "args,message", BAD, ids=lambda v: " ".join(v)[:50] if isinstance(v, list) else ""
 )
-def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
     if any(a.startswith("device=cuda") for a in args):
         import torch
 
@@ -253,9 +255,8 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, messag
     (tmp_path / "words.csv").write_text("x,y\n1,2\nabc,3\n")
     (tmp_path / "nan.csv").write_text("x,y\n1,2\n,3\n")
     (tmp_path / "empty.csv").write_text("")
-    code, _, stderr = cli_in_process(
-        *args, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
-    )
+    result = cli_in_process(*args, "hydra.run.dir=run", cwd=tmp_path)
+    code, stderr = result.returncode, result.stderr
     assert code == 2
     assert stderr.strip().splitlines() == [f"runner: error: {message}"] or (
         len(stderr.strip().splitlines()) == 1 and message in stderr
@@ -264,6 +265,7 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys, args, messag
     assert not (tmp_path / "run").exists()  # nothing left for runner-report to call crashed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["optimizer=adamx"], ["optimizer.lr=-1"], ["=5"]])
 def test_bad_input_exits_2_from_the_process_too(tmp_path, args):
     result = run_cli(*args, "hydra.run.dir=run", cwd=tmp_path)
@@ -271,11 +273,13 @@ def test_bad_input_exits_2_from_the_process_too(tmp_path, args):
     assert result.stderr.startswith("runner: error: ") and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_full_error_shows_the_traceback(tmp_path):
     result = run_cli("optimizer.lr=-1", cwd=tmp_path, HYDRA_FULL_ERROR="1")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
     import shutil
 
@@ -287,6 +291,7 @@ def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
     assert "completed: 20000 steps" in text
 
 
+@pytest.mark.slow
 def test_the_fast_exit_keeps_what_a_normal_exit_does(tmp_path):
     # _exit_now skips only the interpreter's teardown: threads are waited for, atexit handlers
     # run, buffered output arrives and the exit code is the one given.
@@ -318,22 +323,22 @@ def _files(directory) -> dict:
 
 def test_a_run_directory_that_holds_a_run_is_not_started_over(tmp_path):
     args = ["loop=numpy", "train.steps=3", "hydra.run.dir=outputs/long"]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    assert cli_in_process(*args, cwd=tmp_path).returncode == 0
     before = _files(tmp_path)
-    again = run_cli(*args, cwd=tmp_path)
+    again = cli_in_process(*args, cwd=tmp_path)
     assert again.returncode == 2, again.stderr
     assert again.stderr.splitlines() == [
         "runner: error: hydra.run.dir=outputs/long: expected a directory that holds no run yet "
         "(add train.resume=true to continue the run there, or choose another directory)"
     ]
     assert _files(tmp_path) == before  # .hydra/ and the log file included
-    resumed = run_cli(*args, "train.steps=5", "train.resume=true", cwd=tmp_path)
+    resumed = cli_in_process(*args, "train.steps=5", "train.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "outputs/long/summary.json").read_text())["steps_completed"] == 5
 
 
 def test_an_empty_run_directory_is_refused(tmp_path):
-    result = run_cli("loop=numpy", "train.steps=3", "hydra.run.dir=", cwd=tmp_path)
+    result = cli_in_process("loop=numpy", "train.steps=3", "hydra.run.dir=", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "runner: error: hydra.run.dir='': expected a directory (an empty one would put the run's "
@@ -344,37 +349,15 @@ def test_an_empty_run_directory_is_refused(tmp_path):
 
 def test_a_sweep_directory_that_holds_runs_is_not_started_over(tmp_path):
     args = ["-m", "loop=numpy", "optimizer.lr=0.01,0.1", "train.steps=3", "hydra.sweep.dir=sweep"]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    assert cli_in_process(*args, cwd=tmp_path).returncode == 0
     before = _files(tmp_path)
-    again = run_cli(*args, cwd=tmp_path)
+    again = cli_in_process(*args, cwd=tmp_path)
     assert again.returncode == 2, again.stderr
     assert again.stderr.splitlines() == [
         "runner: error: hydra.sweep.dir=sweep: expected a directory that holds no runs yet "
         "(add train.resume=true to continue its jobs, or choose another directory)"
     ]
     assert _files(tmp_path) == before
-
-
-def test_an_interrupted_run_says_how_to_resume_it(tmp_path):
-    import shlex
-    import signal
-
-    args = ["train.steps=100000000", "loop=numpy", "data=points", "data.x=[1, 2]", "data.y=[2, 4]"]
-    args.append("hydra.run.dir=run")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    csv = tmp_path / "run" / "metrics.csv"
-    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    run_dir = tmp_path / "run"
-    command = shlex.join(["runner", *args[:-1], f"hydra.run.dir={run_dir}", "train.resume=true"])
-    assert stderr.splitlines()[-1] == (
-        f"runner: interrupted; every logged step is on disk in {run_dir}; resume with: {command}"
-    )
 
 
 @contextlib.contextmanager
@@ -399,7 +382,9 @@ def _read_only(directory):
 def test_a_read_only_run_directory_is_one_line_naming_it(tmp_path, where):
     (tmp_path / "ro").mkdir()  # "ro": the run directory exists and is read-only itself
     with _read_only(tmp_path / "ro"):
-        result = run_cli("loop=numpy", "train.steps=3", f"hydra.run.dir={where}", cwd=tmp_path)
+        result = cli_in_process(
+            "loop=numpy", "train.steps=3", f"hydra.run.dir={where}", cwd=tmp_path
+        )
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"runner: error: {tmp_path / 'ro'}") or line.startswith(

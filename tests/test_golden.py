@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, run_cli, train
+from tests.helpers import cli_in_process, train
 from tests.test_vectorized import RTOL
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -245,7 +245,7 @@ def test_every_recording_belongs_to_a_case(record):
     assert not stale, "recorded but no longer a case (re-record to remove)"
 
 
-# --- sweeps, through the CLI -------------------------------------------------------------------
+# --- sweeps, through the CLI in process (the bytes are what is recorded) --------------------------
 
 
 def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
@@ -269,14 +269,10 @@ def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sweep", list(SWEEPS))
 def test_a_sweep_writes_the_recorded_bytes(sweep, tmp_path, record):
     out = tmp_path / "sweep"
-    # PYTHONPATH: Hydra's plugin scan does not see an editable install's hydra_plugins
-    result = run_cli(
-        "-m", *SWEEP, *SWEEPS[sweep], f"hydra.sweep.dir={out}", cwd=tmp_path, PYTHONPATH=str(REPO)
-    )
+    result = cli_in_process("-m", *SWEEP, *SWEEPS[sweep], f"hydra.sweep.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "vectorized launcher:" not in result.stdout  # batched, never the job-by-job fallback
     got = sweep_outputs(out)

@@ -15,7 +15,7 @@ from runner.build import build_parts
 from runner.errors import ConfigError, describe_error
 from runner.jobs import SWEPT_KEYS_ENV, first_exit_code, job_dirname
 from runner.overrides import MAX_INLINE_VALUES, MAX_JOBS, check_command_line
-from tests.helpers import compose_config, run_cli
+from tests.helpers import cli_in_process, compose_config
 
 RESERVED = [
     ["loss._target_=builtins.print"],
@@ -165,15 +165,14 @@ def test_a_sweep_exits_with_its_first_failed_jobs_code(tmp_path):
     assert first_exit_code(tmp_path / "0_a") == 1  # no job said: a plain failure
 
 
-# --- through the real command line ------------------------------------------------------------
-@pytest.mark.slow
+# --- through the real command line (in this process where no process of its own is needed) -----
 @pytest.mark.parametrize("multirun", [False, True])
 def test_the_open_exploit_leaves_the_file_alone(tmp_path, multirun):
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
     args = ["loss._target_=builtins.open", f"+loss._args_=[{victim},w]"]
-    result = run_cli(*(["-m"] if multirun else []), *args, "hydra.run.dir=run",
-                     "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
+    result = cli_in_process(*(["-m"] if multirun else []), *args, "hydra.run.dir=run",
+                            "hydra.sweep.dir=sweep", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr == (
         "runner: error: loss._target_=builtins.open: expected no _target_ from the command "
@@ -183,18 +182,17 @@ def test_the_open_exploit_leaves_the_file_alone(tmp_path, multirun):
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.slow
 def test_bad_input_removes_only_the_directories_the_run_created(tmp_path):
-    result = run_cli("optimizer.lr=inf", "train.steps=3", cwd=tmp_path)  # default outputs/...
+    result = cli_in_process("optimizer.lr=inf", "train.steps=3", cwd=tmp_path)  # outputs/...
     assert result.returncode == 2 and "optimizer.lr=inf" in result.stderr
     assert not (tmp_path / "outputs").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("user data")
-    result = run_cli("optimizer.lr=inf", f"hydra.run.dir={mine}/run", cwd=tmp_path)
+    result = cli_in_process("optimizer.lr=inf", f"hydra.run.dir={mine}/run", cwd=tmp_path)
     assert result.returncode == 2
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
-    result = run_cli("optimizer.lr=inf", f"hydra.run.dir={mine}", cwd=tmp_path)
+    result = cli_in_process("optimizer.lr=inf", f"hydra.run.dir={mine}", cwd=tmp_path)
     assert result.returncode == 2
     assert (mine / "notes.txt").read_text() == "user data"  # it existed: not this run's
 
@@ -209,12 +207,11 @@ def test_help_into_a_closed_pipe_ends_quietly(tmp_path):
     assert stderr == ""
 
 
-@pytest.mark.slow
 def test_a_sweep_over_long_values_runs_every_job(tmp_path):
     xs = ",".join(map(str, range(1, 121)))
-    result = run_cli("-m", "data=points", f"data.x=[{xs}],[1,2]", f"data.y=[{xs}],[2,4]",
-                     "train.steps=2", "log.tensorboard=false", "hydra.sweep.dir=sweep",
-                     cwd=tmp_path)  # fmt: skip
+    result = cli_in_process("-m", "data=points", f"data.x=[{xs}],[1,2]", f"data.y=[{xs}],[2,4]",
+                            "train.steps=2", "log.tensorboard=false", "hydra.sweep.dir=sweep",
+                            cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2  # jobs 1 and 2 pair x and y of different lengths
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert [json.loads(p.read_text())["status"] for p in summaries] == ["completed"] * 2

@@ -1,6 +1,7 @@
 """Hydra's launcher and sweeper plugins (the optional extras) through the real command line:
 joblib, submitit_local and Ray run a sweep's jobs to the same results, in the same directories, as
-the basic launcher, and the Optuna preset finds a good learning rate (slow: real CLI starts)."""
+the basic launcher, and the Optuna preset finds a good learning rate (slow: the plugins' worker
+processes, or a process of the CLI's own)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ from omegaconf import OmegaConf
 
 from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
-from tests.helpers import compose_config, run_cli, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.helpers import cli_in_process, compose_config, run_cli, wait_for
 
 RATES = ["0.001", "0.01", "0.1", "1.0"]  # at float32, lr 1.0 diverges within 20 steps
 JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
@@ -37,12 +36,21 @@ SWEEP = (
 )  # fmt: skip
 
 
+def command(launcher: str, *argv: str, cwd: Path, **env: str):
+    """`runner ARGS...` under `hydra/launcher=<launcher>`: in this process for the launchers
+    that run each job here or in a process they start for it and wait for (basic,
+    submitit_local); in a process of its own for the others, whose workers outlive a command
+    (joblib's pool stays up for reuse, with the environment it started with) or need an
+    environment of their own (`env`)."""
+    if launcher in ("basic", "submitit_local") and not env:
+        return cli_in_process(*argv, f"hydra/launcher={launcher}", cwd=cwd)
+    return run_cli(*argv, f"hydra/launcher={launcher}", cwd=cwd, **env)
+
+
 def sweep_with(launcher: str, root: Path, *args: str, **env: str) -> Path:
     """The SWEEP run by `hydra/launcher=<launcher>` into root/<launcher>; returns that dir."""
     sweep = root / launcher
-    result = run_cli(
-        *SWEEP, f"hydra/launcher={launcher}", *args, f"hydra.sweep.dir={sweep}", cwd=root, **env
-    )
+    result = command(launcher, *SWEEP, *args, f"hydra.sweep.dir={sweep}", cwd=root, **env)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == JOBS
     return sweep
@@ -61,6 +69,7 @@ def basic(tmp_path_factory) -> pd.DataFrame:
     return table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
     sweep = sweep_with(launcher, tmp_path)
@@ -72,15 +81,14 @@ def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
             assert f"-> {sweep / job}\n" in logs
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
 def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_as_it_would_alone(tmp_path, launcher):
     # lr -1 is refused by the job itself (run() validates the optimizer): under joblib that
     # happens in a worker process, which the runner process learns of from the job's
     # failed.json. Bad input is exit 2 under every launcher, as for a single run.
     sweep = tmp_path / launcher
-    result = run_cli("-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
-                     f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)  # fmt: skip
+    result = command(launcher, "-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["completed", "failed"]
 
@@ -150,6 +158,7 @@ def ray_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_the_ray_launcher_runs_the_same_jobs_on_a_running_cluster(ray_cluster, basic, tmp_path):
     address, ray_env = ray_cluster
     sweep = sweep_with(
@@ -181,6 +190,7 @@ def best_rate_on_a_grid(tmp_path: Path) -> float:
     return float(np.sqrt(best[0] * best[-1]))
 
 
+@pytest.mark.slow
 def test_the_optuna_preset_finds_a_rate_near_the_best(tmp_path):
     sweep = tmp_path / "optuna"
     result = run_cli(
@@ -270,6 +280,7 @@ def assert_whole_rows_and_interrupted(job: Path) -> None:
     assert summary["steps_completed"] == len(metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 def test_sigterm_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -298,6 +309,7 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_still_writes_its_report(tmp_path):
     # job 0 finishes, job 1 is training when Ctrl-C comes, job 2 never starts
     proc = start_sweep(tmp_path, "train.steps=30,3000000,3000001", "loop=numpy")

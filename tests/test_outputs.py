@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -248,10 +249,15 @@ def test_divergence_stops_at_once_and_keeps_what_was_logged(runs, tmp_path, loop
     assert summary["best_loss"] == pytest.approx(metrics["loss"].min())
 
 
+@pytest.mark.slow
 def test_diverged_cli_run_says_so_and_exits_zero(tmp_path):
     from tests.helpers import run_cli
 
-    result = run_cli("optimizer.lr=1.0", "train.steps=500", "hydra.run.dir=run", cwd=tmp_path)
+    # the process's exit code; loop=numpy, which needs no torch: every loop diverges alike
+    # (test_divergence_stops_at_once_and_keeps_what_was_logged)
+    result = run_cli(
+        "optimizer.lr=1.0", "train.steps=500", "loop=numpy", "hydra.run.dir=run", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "diverged at step" in result.stdout
 
@@ -259,14 +265,18 @@ def test_diverged_cli_run_says_so_and_exits_zero(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
+    # data.x with a space: the command the last line gives must quote it as a shell would
+    args = ["train.steps=100000000", "loop=numpy", "log.flush_secs=1000", "data=points",
+            "data.x=[1, 2]", "data.y=[2, 4]"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "train.steps=100000000", "loop=numpy",
-         "log.flush_secs=1000", "hydra.run.dir=run"],
+        [sys.executable, "-m", "runner", *args, "hydra.run.dir=run"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     csv = tmp_path / "run" / "metrics.csv"
-    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")
-    time.sleep(1.0)  # let it train for a while, with rows waiting in memory (flush_secs=1000)
+    wait_for(lambda: csv.stat().st_size > 0, 60, "rows in metrics.csv")  # the first checkpoint
+    # let it train a little more, with rows waiting in memory (flush_secs=1000): thousands of
+    # steps, most of them past the last checkpoint (every 1000 steps) when the signal comes
+    time.sleep(0.2)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
@@ -276,8 +286,15 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
     assert summary["steps_completed"] == len(metrics) > 100
     assert metrics["step"].tolist() == list(range(1, len(metrics) + 1))
     assert "Traceback" not in stderr
+    # the last line says where the steps are and the command that resumes the run
+    run_dir = tmp_path / "run"
+    command = shlex.join(["runner", *args, f"hydra.run.dir={run_dir}", "train.resume=true"])
+    assert stderr.splitlines()[-1] == (
+        f"runner: interrupted; every logged step is on disk in {run_dir}; resume with: {command}"
+    )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
     [[], ["scheduler=plateau"], ["scheduler=warmup_cosine", "scheduler.warmup_steps=2"]],

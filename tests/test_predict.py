@@ -16,16 +16,13 @@ LINEAR = ("model=linear", "data=synthetic", "data.n_features=2", "log.tensorboar
 
 
 @pytest.fixture
-def train(tmp_path, monkeypatch, capsys):
+def train(tmp_path):
     """`runner OVERRIDES... hydra.run.dir=RUN_DIR` in this process (Hydra writes .hydra/ there,
     which predict reads); returns the run's summary."""
 
     def train(run_dir, *overrides: str) -> dict:
-        code, _, err = cli_in_process(
-            *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path, monkeypatch=monkeypatch,
-            capsys=capsys,
-        )  # fmt: skip
-        assert code == 0, err
+        result = cli_in_process(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
         return json.loads((run_dir / "summary.json").read_text())
 
     return train

@@ -19,7 +19,7 @@ import pytest
 
 from runner.errors import ConfigError
 from runner.run import Finished, run
-from tests.helpers import run_cli, train, wait_for
+from tests.helpers import cli_in_process, train, wait_for
 
 OPTIMIZERS = {
     "sgd": ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true"],
@@ -199,7 +199,8 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, loop):
     steps = 4000 if loop == "numpy" else 1500
     args = [f"loop={loop}", *PROBLEM[:-1], "optimizer=adam", f"train.steps={steps}",
             "train.checkpoint_every=100", "log.flush_secs=0.01"]  # fmt: skip
-    straight = run_cli(*args, "hydra.run.dir=straight", cwd=tmp_path)
+    # the uninterrupted run and the resume run in this process; only the kill needs a process
+    straight = cli_in_process(*args, "hydra.run.dir=straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
 
     proc = subprocess.Popen(
@@ -216,19 +217,18 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, loop):
     rows = pd.read_csv(tmp_path / "killed" / "metrics.csv")  # readable: no torn row
     assert 0 < len(rows) < steps
 
-    resumed = run_cli(*args, "hydra.run.dir=killed", "train.resume=true", cwd=tmp_path)
+    resumed = cli_in_process(*args, "hydra.run.dir=killed", "train.resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "killed" / "metrics.csv").read_bytes() == (
         tmp_path / "straight" / "metrics.csv"
     ).read_bytes()
 
 
-@pytest.mark.slow
 def test_a_sweep_resumes_skipping_finished_jobs(tmp_path):
     sweep = ["-m", "loop=numpy", "optimizer.lr=0.001,0.01,0.1", "train.steps=50",
              "train.checkpoint_every=10",
              f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
-    first = run_cli(*sweep, cwd=tmp_path)
+    first = cli_in_process(*sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     done = jobs[0] / "metrics.csv"
@@ -242,7 +242,7 @@ def test_a_sweep_resumes_skipping_finished_jobs(tmp_path):
     shutil.rmtree(jobs[1] / "checkpoint")
     shutil.rmtree(jobs[2])
 
-    again = run_cli(*sweep, "train.resume=true", cwd=tmp_path)
+    again = cli_in_process(*sweep, "train.resume=true", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == jobs
     assert done.stat().st_mtime_ns == untouched  # finished job skipped

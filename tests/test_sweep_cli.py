@@ -1,9 +1,12 @@
-"""Sweeps through the real command line: the report Hydra's callback writes when a sweep ends,
-`runner-report` on what a killed sweep leaves behind, and TensorBoard's own server over a sweep
-(slow: each CLI start imports torch)."""
+"""Sweeps through the real command line (in this process, through the console script's cli()):
+the report Hydra's callback writes when a sweep ends, `runner-report` on what a killed sweep
+leaves behind, and TensorBoard's own server over a sweep (slow: the server and the
+`runner-report` console script are processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -19,10 +22,9 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
+from runner import report
 from runner.report import DPI, FIGSIZE, TOLERANCE
-from tests.helpers import run_cli, wait_for
-
-pytestmark = pytest.mark.slow
+from tests.helpers import cli_in_process, wait_for
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RATES = ["0.001", "0.01", "0.1", "1.0"]  # on the seed problem, lr 1.0 diverges
@@ -36,7 +38,7 @@ def lr_sweep(tmp_path_factory):
     """`runner -m optimizer.lr=0.001,0.01,0.1,1.0 train.steps=200 loop=numpy`: the sweep dir and
     result."""
     root = tmp_path_factory.mktemp("lr_sweep")
-    result = run_cli(
+    result = cli_in_process(
         "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=200", "loop=numpy",
         f"hydra.sweep.dir={root}/sweep", cwd=root,
     )  # fmt: skip
@@ -94,6 +96,7 @@ def get_json(url: str, body: dict | None = None):
         return json.load(response)
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_every_job_with_its_hparams_session(lr_sweep, tmp_path):
     sweep, result = lr_sweep
     assert result.returncode == 0, result.stderr
@@ -194,8 +197,9 @@ def test_runner_report_rebuilds_a_sweep_killed_half_way(lr_sweep, tmp_path):
     )
     (sweep / JOBS[1] / "summary.json").unlink()  # killed before its first summary
 
-    result = runner_report(str(sweep), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    # runner-report's main() in this process; its console script is the test below's
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        report.main([str(sweep)])
     table = pd.read_csv(sweep / "summary.csv")
     assert table["job"].tolist() == [0, 1, 2]
     assert table["status"].tolist() == ["completed", "crashed", "crashed"]
@@ -203,10 +207,11 @@ def test_runner_report_rebuilds_a_sweep_killed_half_way(lr_sweep, tmp_path):
     assert table.loc[2, "final_loss"] == metrics["loss"].iloc[19]
     for name in ("loss.png", "final_loss.png"):
         read_png(sweep / name)
-    assert result.stdout.count("crashed") == 2
-    assert f"wrote {sweep / 'summary.csv'}" in result.stdout.splitlines()
+    assert stdout.getvalue().count("crashed") == 2
+    assert f"wrote {sweep / 'summary.csv'}" in stdout.getvalue().splitlines()
 
 
+@pytest.mark.slow
 def test_runner_report_on_a_run_and_on_a_bad_directory(lr_sweep, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(lr_sweep[0] / JOBS[1], run)
@@ -224,7 +229,7 @@ def test_runner_report_on_a_run_and_on_a_bad_directory(lr_sweep, tmp_path):
 
 def test_a_loop_sweep_reports_the_loops_agree(tmp_path):
     # no hydra.sweep.dir: the report must land in the default, time-stamped sweep directory
-    result = run_cli(
+    result = cli_in_process(
         "-m", "loop=numpy,autograd,optim", "train.dtype=float64,float32", "train.steps=100",
         "log.tensorboard=false", cwd=tmp_path,
     )  # fmt: skip

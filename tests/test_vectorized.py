@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.run import Job, run, run_jobs
-from tests.helpers import REPO, compose_config, run_cli
+from tests.helpers import cli_in_process, compose_config
 
 # 1e38 overflows float32 at once, whatever the optimizer: every sweep has a diverging job.
 RATES = ["0.001", "0.01", "0.1", "1e+38"]
@@ -83,10 +83,9 @@ PLATEAU = ("scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5")
 
 
 def sweep(root: Path, *args: str) -> tuple[Path, str]:
-    """`runner -m ARGS...` into root/sweep; returns the sweep dir and stdout."""
+    """`runner -m ARGS...` (in this process) into root/sweep; returns the sweep dir and stdout."""
     out = root / "sweep"
-    # PYTHONPATH: Hydra's plugin scan does not see an editable install's hydra_plugins
-    result = run_cli("-m", *args, f"hydra.sweep.dir={out}", cwd=root, PYTHONPATH=str(REPO))
+    result = cli_in_process("-m", *args, f"hydra.sweep.dir={out}", cwd=root)
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -132,13 +131,20 @@ def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
     assert all(r.error is None for r in results)
 
 
-@pytest.mark.slow
-def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
+@pytest.fixture(scope="module")
+def lr_sweeps(tmp_path_factory) -> dict[str, Path]:
+    """One sweep over RATES (numpy loop, Adam) under each launcher: launcher -> sweep dir."""
     args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON)
-    (tmp_path / "vec").mkdir()
-    (tmp_path / "basic").mkdir()
-    vec, _ = sweep(tmp_path / "vec", *args, "hydra/launcher=vectorized")
-    basic, _ = sweep(tmp_path / "basic", *args[1:])
+    root = tmp_path_factory.mktemp("lr_sweeps")
+    dirs = {}
+    for launcher, extra in (("vectorized", ("hydra/launcher=vectorized",)), ("basic", ())):
+        (root / launcher).mkdir()
+        dirs[launcher], _ = sweep(root / launcher, *args, *extra)
+    return dirs
+
+
+def test_same_directories_and_summary_as_the_basic_launcher(lr_sweeps):
+    vec, basic = lr_sweeps["vectorized"], lr_sweeps["basic"]
     assert job_dirs(vec) == job_dirs(basic) == JOBS
     for job in JOBS:
         assert_same_job(vec / job, basic / job)
@@ -152,7 +158,6 @@ def test_same_directories_and_summary_as_the_basic_launcher(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL)
 
 
-@pytest.mark.slow
 def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
     out, stdout = sweep(
         tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy,optim", *COMMON, "hydra/launcher=vectorized"
@@ -170,10 +175,10 @@ def test_a_sweep_over_other_keys_runs_job_by_job(tmp_path):
     assert len(pd.read_csv(out / "summary.csv")) == 4
 
 
-@pytest.mark.slow
 def test_lbfgs_runs_job_by_job(tmp_path):
+    # 3 steps: the note is the claim (an LBFGS job's numbers are its own run's, run job by job)
     _, stdout = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=optim", "optimizer=lbfgs", *COMMON,
-                      "hydra/launcher=vectorized")  # fmt: skip
+                      "train.steps=3", "hydra/launcher=vectorized")  # fmt: skip
     assert (
         "vectorized launcher: optimizer LBFGS (its steps evaluate each job's loss apart); "
         "running jobs one by one" in stdout
@@ -197,15 +202,14 @@ def test_an_optim_job_whose_step_overflows_diverges_alone_as_its_run_would(tmp_p
         assert_same_job(job.out_dir, alone)
 
 
-@pytest.mark.slow
 def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
     # The vectorized launcher makes the check Hydra's sweeper skips under it: Hydra's message,
     # exit 2, no job directory, as with the basic launcher.
     for launcher in ("vectorized", "basic"):
         out = tmp_path / launcher
         extra = ["hydra/launcher=vectorized"] if launcher == "vectorized" else []
-        result = run_cli("-m", "optimizer.lr=0.1,0.01,abc", "loop=numpy", *COMMON, *extra,
-                         f"hydra.sweep.dir={out}", cwd=tmp_path, PYTHONPATH=str(REPO))  # fmt: skip
+        result = cli_in_process("-m", "optimizer.lr=0.1,0.01,abc", "loop=numpy", *COMMON, *extra,
+                                f"hydra.sweep.dir={out}", cwd=tmp_path)  # fmt: skip
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [
             "runner: error: optimizer.lr=abc: expected a number"
@@ -213,16 +217,12 @@ def test_a_bad_rate_stops_the_sweep_before_any_job_runs(tmp_path):
         assert not out.exists() or job_dirs(out) == []
 
 
-@pytest.mark.slow
-def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(tmp_path):
+def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(lr_sweeps, tmp_path):
     def sweeper_of(sweep_dir: Path) -> str:
         return OmegaConf.load(sweep_dir / "multirun.yaml").hydra.sweeper._target_
 
+    assert sweeper_of(lr_sweeps["vectorized"]).endswith(".RunnerSweeper")
     out, _ = sweep(tmp_path, "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
-                   "hydra/launcher=vectorized")  # fmt: skip
-    assert sweeper_of(out).endswith(".RunnerSweeper")
-    (tmp_path / "chosen").mkdir()
-    out, _ = sweep(tmp_path / "chosen", "optimizer.lr=0.01,0.1", "loop=numpy", *COMMON,
                    "hydra/launcher=vectorized", "hydra/sweeper=basic")  # fmt: skip
     assert sweeper_of(out).endswith(".BasicSweeper")
     assert job_dirs(out) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
