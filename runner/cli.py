@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import os
 import shlex
 import sys
-import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
 from runner.errors import ConfigError, describe_error
+from runner.exiting import exit_now
 from runner.jobs import SWEPT_KEYS_ENV, exit_code, final_line, report_failed_job, sweeper_value
 from runner.overrides import check_command_line, swept_keys
 from runner.run import Finished, check_new_run_dir, holds_run, run
@@ -186,7 +184,7 @@ def _register_plugins() -> None:
 
 def main() -> NoReturn:
     """Console entry point (`runner`, `python -m runner`): runs `cli()` and ends the process."""
-    _exit_now(cli())
+    exit_now(cli())
 
 
 def cli() -> int:
@@ -238,25 +236,3 @@ def _drop_stdout() -> None:
     """Points stdout at /dev/null, so that the flush at exit does not fail again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Ends the process as `sys.exit(code)` would, less the interpreter's teardown.
-
-    Everything the program wrote is closed by now (run() closes its sinks and writes the
-    summary before returning). What remains at exit is freeing every module and object, which
-    after torch (and torch.optim's torch._dynamo) takes about a second of the user's time for
-    nothing. The interpreter's own first steps still happen, in its order: threading's exit
-    callbacks (worker pools shut down there) and the wait for non-daemon threads, then the
-    atexit handlers (logging's flush among them); then the standard streams are flushed and the
-    process ends.
-    """
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is None:  # not CPython's threading: exit the usual way
-        sys.exit(code)
-    shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)

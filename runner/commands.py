@@ -13,6 +13,7 @@ from typing import NoReturn
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner.errors import describe_error
+from runner.exiting import exit_now
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,8 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
 
 def end_process(code: int) -> NoReturn:
     """Ends the process with `code` as `runner` ends it: without the interpreter's teardown,
-    which after torch takes about a second for nothing (runner.cli._exit_now)."""
-    from runner.cli import _exit_now
-
-    _exit_now(code)
+    which after torch takes about a second for nothing (runner.exiting.exit_now)."""
+    exit_now(code)
 
 
 def overrides_help() -> str:

@@ -293,17 +293,17 @@ def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
 
 @pytest.mark.slow
 def test_the_fast_exit_keeps_what_a_normal_exit_does(tmp_path):
-    # _exit_now skips only the interpreter's teardown: threads are waited for, atexit handlers
+    # exit_now skips only the interpreter's teardown: threads are waited for, atexit handlers
     # run, buffered output arrives and the exit code is the one given.
     marker = tmp_path / "thread_done"
     code = (
         "import atexit, sys, threading, time\n"
-        "from runner.cli import _exit_now\n"
+        "from runner.exiting import exit_now\n"
         "atexit.register(lambda: print('atexit ran'))\n"
         f"def late():\n    time.sleep(0.3)\n    open({str(marker)!r}, 'w').close()\n"
         "threading.Thread(target=late).start()\n"
         "sys.stdout.write('buffered, no newline')\n"
-        "_exit_now(3)\n"
+        "exit_now(3)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
