@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from runner.data import BatchSchedule
+from runner.optim_rules import for_jobs
 
 Array = Any  # numpy.ndarray or torch.Tensor
 
@@ -128,14 +129,16 @@ class Loop(Protocol):
         ...
 
 
-def manual_schedule(problem: Problem, shapes: Mapping[str, tuple[int, ...]]) -> Any:
-    """The manual loops' schedule of `problem` (runner.schedules.ManualSchedule), which holds
-    the update rule at its rates; None without a schedule."""
+def manual_update(problem: Problem, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, Any]:
+    """The manual loops' (schedule, update rule) for `problem`: without a schedule, (None, the
+    rule at each job's rate); with one, its runner.schedules.ManualSchedule, which holds the
+    rule at its current rates."""
     if problem.schedule is None:
-        return None
+        return None, for_jobs(problem.optimizer, problem.lrs, shapes)
     from runner.schedules import ManualSchedule
 
-    return ManualSchedule(problem.schedule, problem.lrs, problem.optimizer, shapes)
+    schedule = ManualSchedule(problem.schedule, problem.lrs, problem.optimizer, shapes)
+    return schedule, schedule.rule
 
 
 def monitored(record: StepRecord, monitor: str) -> Array:

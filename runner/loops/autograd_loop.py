@@ -17,10 +17,9 @@ from runner.loops import (
     follow_schedule,
     job_slice,
     load_job_slice,
-    manual_schedule,
+    manual_update,
 )
 from runner.loops.torch_common import TorchData, pack_torch
-from runner.optim_rules import for_jobs
 
 
 class AutogradLoop:
@@ -40,12 +39,7 @@ class AutogradLoop:
             for n, v in problem.init.items()
         }
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
-        self.schedule = manual_schedule(problem, shapes)
-        self.rule = (
-            for_jobs(problem.optimizer, problem.lrs, shapes)
-            if self.schedule is None
-            else self.schedule.rule
-        )
+        self.schedule, self.rule = manual_update(problem, shapes)
         with torch.no_grad():
             self.opt_state = self.rule.init_state(self._values(), torch)
         # One job: the loss as a run alone computes it. K jobs: per-sample losses averaged per

@@ -15,10 +15,9 @@ from runner.loops import (
     follow_schedule,
     job_slice,
     load_job_slice,
-    manual_schedule,
+    manual_update,
     pack_numpy,
 )
-from runner.optim_rules import for_jobs
 
 
 class NumpyLoop:
@@ -37,12 +36,7 @@ class NumpyLoop:
             for n, v in problem.init.items()
         }
         shapes = {n: np.shape(v) for n, v in problem.init.items()}
-        self.schedule = manual_schedule(problem, shapes)
-        self.rule = (
-            for_jobs(problem.optimizer, problem.lrs, shapes)
-            if self.schedule is None
-            else self.schedule.rule
-        )
+        self.schedule, self.rule = manual_update(problem, shapes)
         self.opt_state = self.rule.init_state(self.params, np)
 
     def steps(self, first: int, last: int) -> Iterator[StepRecord]:
