@@ -138,6 +138,13 @@ class _ManualRule:
     ) -> tuple[Array, dict[str, Array]]:
         raise NotImplementedError
 
+    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
+        """Builds the torch.optim class of the rule's name, with every field under torch's own
+        name, on torch's single-tensor path (foreach=False)."""
+        import torch
+
+        return getattr(torch.optim, type(self).__name__)(parameters, **self._torch_kwargs())
+
     def _torch_kwargs(self) -> dict[str, Any]:
         # Every field under torch's own name, on torch's single-tensor path (foreach=False).
         kwargs: dict[str, Any] = {}
@@ -192,12 +199,6 @@ class SGD(_ManualRule):
             buffers["momentum_buffer"] = buf
             grad = grad + self.momentum * buf if self.nesterov else buf
         return param - self.lr * grad, buffers
-
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.SGD (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.SGD(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -257,12 +258,6 @@ class _AdamFamily(_ManualRule):
 class Adam(_AdamFamily):
     """torch.optim.Adam: bias-corrected moments, coupled (L2) weight decay, optional amsgrad."""
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.Adam (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.Adam(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class AdamW(_AdamFamily):
@@ -271,12 +266,6 @@ class AdamW(_AdamFamily):
     weight_decay: float = 1e-2
 
     decoupled_weight_decay: ClassVar[bool] = True
-
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.AdamW (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.AdamW(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -326,12 +315,6 @@ class RMSprop(_ManualRule):
             return param - self.lr * buf, buffers
         return param + (-self.lr) * grad / avg, buffers
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.RMSprop (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.RMSprop(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class Adagrad(_ManualRule):
@@ -365,12 +348,6 @@ class Adagrad(_ManualRule):
         state_sum = state["sum"] + grad * grad
         std = xp.sqrt(state_sum) + self.eps
         return param + (-clr) * grad / std, {"sum": state_sum}
-
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.Adagrad (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.Adagrad(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -434,12 +411,6 @@ class NAdam(_ManualRule):
         }
         return param, buffers
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.NAdam (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.NAdam(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class RAdam(_ManualRule):
@@ -492,12 +463,6 @@ class RAdam(_ManualRule):
             return param - bias_corrected_exp_avg * self.lr * adaptive_lr * rect, buffers
         return param - bias_corrected_exp_avg * self.lr, buffers
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.RAdam (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.RAdam(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class Adamax(_ManualRule):
@@ -531,12 +496,6 @@ class Adamax(_ManualRule):
         clr = self.lr / (1 - beta1 ** float(step))
         return param + (-clr) * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.Adamax (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.Adamax(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class Adadelta(_ManualRule):
@@ -569,12 +528,6 @@ class Adadelta(_ManualRule):
         delta = xp.sqrt(state["acc_delta"] + self.eps) / std * grad
         acc_delta = state["acc_delta"] * self.rho + (1 - self.rho) * delta * delta
         return param + (-self.lr) * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
-
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.Adadelta (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.Adadelta(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
@@ -627,12 +580,6 @@ class Rprop(_ManualRule):
         param = param - xp.sign(grad) * step_size
         return param, {"prev": grad, "step_size": step_size}
 
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.Rprop (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.Rprop(parameters, **self._torch_kwargs())
-
 
 @dataclass(frozen=True)
 class ASGD(_ManualRule):
@@ -684,12 +631,6 @@ class ASGD(_ManualRule):
         if step == 1:
             return 1.0
         return _as_torch_scalar(1 / max(1, float(step - 1) - self.t0))
-
-    def torch_optimizer(self, parameters: Iterable) -> torch.optim.Optimizer:
-        """Builds the equivalent torch.optim.ASGD (single-tensor path, foreach=False)."""
-        import torch
-
-        return torch.optim.ASGD(parameters, **self._torch_kwargs())
 
 
 @dataclass(frozen=True)
