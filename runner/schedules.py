@@ -39,6 +39,14 @@ Rates = Any  # a Python float (one job) or a float64 (K,) ndarray (K jobs)
 
 
 # --- the options of the `scheduler` group -------------------------------------------------
+class _NoStepsDependence:
+    """A schedule none of whose values depends on train.steps."""
+
+    def resolved(self, steps: int) -> Any:
+        """The schedule with every value that depends on train.steps filled in: itself."""
+        return self
+
+
 @dataclass(frozen=True)
 class NoSchedule:
     """scheduler=none: every step runs at optimizer.lr."""
@@ -53,7 +61,7 @@ class NoSchedule:
 
 
 @dataclass(frozen=True)
-class Step:
+class Step(_NoStepsDependence):
     """torch.optim.lr_scheduler.StepLR: the rate times gamma every step_size steps."""
 
     step_size: int
@@ -66,10 +74,6 @@ class Step:
             ("gamma", self.gamma, self.gamma > 0, "a number > 0"),
         )
 
-    def resolved(self, steps: int) -> Step:
-        """The schedule with every value that depends on train.steps filled in."""
-        return self
-
     def torch_scheduler(self, optimizer: torch.optim.Optimizer):
         """torch's scheduler of `optimizer`."""
         from torch.optim.lr_scheduler import StepLR
@@ -81,7 +85,7 @@ class Step:
 
 
 @dataclass(frozen=True)
-class MultiStep:
+class MultiStep(_NoStepsDependence):
     """torch.optim.lr_scheduler.MultiStepLR: the rate times gamma at each milestone step."""
 
     milestones: tuple[int, ...]
@@ -100,10 +104,6 @@ class MultiStep:
             ("gamma", self.gamma, self.gamma > 0, "a number > 0"),
         )
 
-    def resolved(self, steps: int) -> MultiStep:
-        """The schedule with every value that depends on train.steps filled in."""
-        return self
-
     def torch_scheduler(self, optimizer: torch.optim.Optimizer):
         """torch's scheduler of `optimizer`."""
         from torch.optim.lr_scheduler import MultiStepLR
@@ -115,7 +115,7 @@ class MultiStep:
 
 
 @dataclass(frozen=True)
-class Exponential:
+class Exponential(_NoStepsDependence):
     """torch.optim.lr_scheduler.ExponentialLR: the rate times gamma every step."""
 
     gamma: float
@@ -123,10 +123,6 @@ class Exponential:
     def check(self, steps: int) -> list[Finding]:
         """Returns (field, value, what is allowed) for each out-of-range setting."""
         return _problems(("gamma", self.gamma, self.gamma > 0, "a number > 0"))
-
-    def resolved(self, steps: int) -> Exponential:
-        """The schedule with every value that depends on train.steps filled in."""
-        return self
 
     def torch_scheduler(self, optimizer: torch.optim.Optimizer):
         """torch's scheduler of `optimizer`."""
@@ -169,7 +165,7 @@ class Cosine:
 
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(_NoStepsDependence):
     """torch.optim.lr_scheduler.LinearLR: the rate times a factor going linearly from
     start_factor to end_factor over total_iters steps, then constant."""
 
@@ -185,10 +181,6 @@ class Linear:
             ("end_factor", end, 0 <= end <= 1, "a number in [0, 1]"),
             ("total_iters", total, total >= 1, "an integer >= 1"),
         )
-
-    def resolved(self, steps: int) -> Linear:
-        """The schedule with every value that depends on train.steps filled in."""
-        return self
 
     def torch_scheduler(self, optimizer: torch.optim.Optimizer):
         """torch's scheduler of `optimizer`."""
@@ -238,7 +230,7 @@ class WarmupCosine:
 
 
 @dataclass(frozen=True)
-class Plateau:
+class Plateau(_NoStepsDependence):
     """torch.optim.lr_scheduler.ReduceLROnPlateau, with its defaults: the rate times factor
     once train.early_stop.monitor (the step's loss) has not improved for `patience` steps."""
 
@@ -268,10 +260,6 @@ class Plateau:
             ("min_lr", self.min_lr, self.min_lr >= 0, "a number >= 0"),
             ("eps", self.eps, self.eps >= 0, "a number >= 0"),
         )
-
-    def resolved(self, steps: int) -> Plateau:
-        """The schedule with every value that depends on train.steps filled in."""
-        return self
 
     def torch_scheduler(self, optimizer: torch.optim.Optimizer):
         """torch's scheduler of `optimizer`."""
