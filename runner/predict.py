@@ -63,8 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 class RunModel:
     """A finished run's model with its trained parameters."""
 
-    def __init__(self, model: Any, params: dict[str, np.ndarray], dtype: str, loop: str) -> None:
+    def __init__(
+        self, model: Any, params: dict[str, np.ndarray], dtype: str, loop: str, data: Any
+    ) -> None:
         self.model, self.params, self.dtype, self.loop = model, params, dtype, loop
+        self.data = data  # the run's data config: a CSV run's feature columns
         self.n_features = _n_features(params)
 
     @classmethod
@@ -104,7 +107,7 @@ class RunModel:
             raise PredictError(
                 f"{run_dir / 'summary.json'}: {key}: not finite (the run diverged){hint}"
             )
-        return cls(_model(model_node, config), arrays, dtype, loop)
+        return cls(_model(model_node, config), arrays, dtype, loop, cfg.get("data", {}))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions for the rows of x (N, F), in the run's dtype: (N,) or (N, outputs)."""
@@ -153,7 +156,7 @@ def _inputs(args: argparse.Namespace, run: RunModel) -> np.ndarray:
     if args.csv is not None and args.inputs:
         raise PredictError("give inputs on the command line or with --csv, not both")
     if args.csv is not None:
-        return _csv_inputs(args.csv, args.run_dir, f)
+        return _csv_inputs(args.csv, run.data, f)
     if not args.inputs:
         raise PredictError(f"no input: give X (a number per feature: {f}) or --csv FILE")
     rows = []
@@ -173,7 +176,7 @@ def _inputs(args: argparse.Namespace, run: RunModel) -> np.ndarray:
     return np.array(rows, dtype=np.float64)
 
 
-def _csv_inputs(path: Path, run_dir: Path, f: int) -> np.ndarray:
+def _csv_inputs(path: Path, data: Any, f: int) -> np.ndarray:
     """The run's feature columns (data.features of a CSV run, by name), or, for a run on other
     data, a file of exactly its number of features."""
     import pandas as pd
@@ -184,7 +187,7 @@ def _csv_inputs(path: Path, run_dir: Path, f: int) -> np.ndarray:
         raise PredictError(f"{path}: no such file") from None
     except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
         raise PredictError(f"{path}: not a readable CSV file ({_first_line(err)})") from None
-    features = _run_features(run_dir, [str(c) for c in frame.columns])
+    features = _run_features(data, [str(c) for c in frame.columns])
     if features is None:
         if frame.shape[1] != f:
             raise PredictError(f"{path}: {f} column(s), one per feature; it has {frame.shape[1]}")
@@ -200,11 +203,8 @@ def _csv_inputs(path: Path, run_dir: Path, f: int) -> np.ndarray:
     return values
 
 
-def _run_features(run_dir: Path, columns: list[str]) -> list[str] | None:
+def _run_features(data: Any, columns: list[str]) -> list[str] | None:
     """The feature columns of a run trained on a CSV file (None for other data)."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.load(run_dir / ".hydra" / "config.yaml").get("data", {})
     if data.get("_target_") != "runner.data.load_csv":
         return None
     if data.get("features") is not None:
