@@ -14,9 +14,9 @@ from runner.schema import SCHEMAS
 from tests.helpers import compose_config
 
 OPTIONS = {
-    "model": ["scalar", "linear"],
-    "data": ["seed_line", "points", "synthetic", "csv"],
-    "loss": ["mse", "l1", "huber"],
+    "model": ["scalar", "linear", "mlp"],
+    "data": ["seed_line", "points", "synthetic", "csv", "sklearn"],
+    "loss": ["mse", "l1", "huber", "bce_logits", "cross_entropy"],
     "optimizer": [
         "sgd",
         "adam",
@@ -46,6 +46,10 @@ OPTIONS = {
 }
 NEEDS = {  # what an option needs besides itself to make a runnable experiment
     "points": ["data.x=[1,2,3]", "data.y=[2,4,6]"],
+    "sklearn": ["model=linear"],  # iris: 4 features, its class ids as numbers to fit
+    "bce_logits": ["data=points", "data.x=[1,2,3]", "data.y=[0,1,1]"],
+    "cross_entropy": ["data=synthetic", "data.task=classification", "model=linear",
+                      "model.out_features=2"],  # fmt: skip
     "lbfgs": ["loop=optim"],
     "step": ["scheduler.step_size=2"],
     "multistep": ["scheduler.milestones=[2,4]"],
@@ -117,7 +121,7 @@ BAD_INPUTS = [
     (["train.steps=0"], "train.steps=0: expected an integer >= 1"),
     (["train.batch_size=0"], "train.batch_size=0: expected an integer >= 1, or null"),
     (["loss=huber", "loss.delta=-1"], "loss.delta=-1.0: expected a number > 0"),
-    (["data=points", "data.x=[1,2,3]", "data.y=[1,2]"], "data.y=[1.0, 2.0]: expected as many"),
+    (["data=points", "data.x=[1,2,3]", "data.y=[1,2]"], "data.y=[1, 2]: expected as many"),
     (
         ["data=synthetic", "data.n_features=3"],
         "model=scalar: expected data with one feature (y = w*x); the data has 3",
