@@ -75,6 +75,7 @@ class Check:
     graph: dict[str, list[str]]  # parameter -> grad_fn names from the loss to its leaf
     jacobian: dict[str, np.ndarray]  # parameter -> d predictions / d parameter, (N, *shape)
     shapes: list[str] = field(default_factory=list)  # hand gradients not of their parameter's shape
+    predictions: tuple[int, ...] = ()  # the predictions' shape: (N,), or (N, O) for O outputs
 
     def failures(self) -> list[str]:
         """One phrase per gap beyond its limit (NaN is beyond any)."""
@@ -133,6 +134,7 @@ def check(cfg: DictConfig, points: int) -> Check:
         graph=loss_graph(model, loss, init, x, y),
         jacobian=prediction_jacobian(model, init, x),
         shapes=sorted(shapes),
+        predictions=tuple(np.shape(model.forward(init, model.inputs(x), np))),
     )
 
 
@@ -248,7 +250,7 @@ def report(result: Check, choices: Mapping[str, str], seed: int, max_elements: i
     lines.append(f"{'limit':<14}{'':<12}{AUTOGRAD_RTOL:<12g}{'':<12}{FD_RTOL:g}")
     lines += ["", "autograd graph (loss.grad_fn, along next_functions, to each parameter):"]
     lines += [f"  {name}: {' -> '.join(path)}" for name, path in result.graph.items()]
-    shape = next(iter(result.jacobian.values())).shape[:1] if result.jacobian else ()
+    shape = result.predictions
     lines += ["", f"Jacobian of the predictions (shape {shape}) at the initial parameters:"]
     for name, jac in result.jacobian.items():
         if jac.size <= max_elements:

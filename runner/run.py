@@ -529,6 +529,12 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
 
 # A setting a checkpoint predates (optimizer.maximize, say) at these values changes nothing.
 _OFF = (repr(False), repr(None))
+# ... nor these newer keys at the value every run before them had.
+_NEWER_KEYS = {
+    "model.out_features": repr(1),
+    "data.task": repr("regression"),
+    "data.n_classes": repr(2),
+}
 
 
 def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
@@ -538,7 +544,7 @@ def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> No
     for key in sorted(set(before) | set(current)):
         if before.get(key) == current.get(key):
             continue
-        if key not in before and current[key] in _OFF:
+        if key not in before and (current[key] in _OFF or _NEWER_KEYS.get(key) == current[key]):
             continue  # a key newer than the checkpoint, at the value that leaves it off
         group = key.split(".")[0]
         was, is_now = saved.get("choices", {}).get(group), now["choices"].get(group)

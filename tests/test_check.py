@@ -24,15 +24,30 @@ def run_check(capsys, *args: str) -> tuple[int, list[str], str]:
     return code, out.splitlines(), err
 
 
-def data_for(model: str) -> tuple[str, ...]:
-    # the scalar model takes one feature; the others get three
-    return () if model == "scalar" else ("data=synthetic", "data.n_features=3")
+def data_for(model: str, loss: str = "mse") -> tuple[str, ...]:
+    # the scalar model takes one feature; the others get three. The classification losses get
+    # class ids: two classes for bce_logits, three (and three logits) for cross_entropy.
+    features = () if model == "scalar" else ("data=synthetic", "data.n_features=3")
+    if loss == "bce_logits":
+        return ("data=synthetic", "data.task=classification", *features[1:])
+    if loss == "cross_entropy":
+        return (
+            "data=synthetic", "data.task=classification", "data.n_classes=3",
+            "data.n_features=3", "model.out_features=3",
+        )  # fmt: skip
+    return features
 
 
 @pytest.mark.parametrize("loss", group_options("loss"))
 @pytest.mark.parametrize("model", group_options("model"))
 def test_every_shipped_model_and_loss_passes(capsys, model, loss):
-    code, lines, err = run_check(capsys, f"model={model}", f"loss={loss}", *data_for(model))
+    if model == "scalar" and loss == "cross_entropy":  # one output cannot hold 3 logits
+        code, _, err = run_check(capsys, "model=scalar", "loss=cross_entropy", "data=points",
+                                 "data.x=[1,2,3]", "data.y=[0,1,2]")  # fmt: skip
+        assert code == 2
+        assert "model.out_features=1: expected 3, one logit per class" in err
+        return
+    code, lines, err = run_check(capsys, f"model={model}", f"loss={loss}", *data_for(model, loss))
     assert code == 0, "\n".join(lines) + err
     assert lines[-1].startswith("ok: hand-derived gradients agree with autograd")
 
@@ -150,7 +165,7 @@ def test_random_points_move_the_scalar_weight(capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=foo"], "model=foo: expected one of linear, scalar"),
+        (["model=foo"], "model=foo: expected one of linear, mlp, scalar"),
         (["--points", "-1"], "--points=-1: expected an integer >= 0"),
         (["train.dtype=float16"], "train.dtype=float16: expected one of float32, float64"),
     ],

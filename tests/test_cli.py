@@ -17,7 +17,15 @@ import pytest
 from runner.overrides import GROUPS
 from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal
 
-PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadratic_bowl"]
+PRESETS = [
+    "numpy_gd",
+    "autograd_gd",
+    "optim_gd",
+    "linear_regression",
+    "quadratic_bowl",
+    "autodiff_graph",
+    "tanh_mlp",
+]
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -48,8 +48,12 @@ NEEDS = {  # what an option needs besides itself to make a runnable experiment
     "points": ["data.x=[1,2,3]", "data.y=[2,4,6]"],
     "sklearn": ["model=linear"],  # iris: 4 features, its class ids as numbers to fit
     "bce_logits": ["data=points", "data.x=[1,2,3]", "data.y=[0,1,1]"],
-    "cross_entropy": ["data=synthetic", "data.task=classification", "model=linear",
-                      "model.out_features=2"],  # fmt: skip
+    "cross_entropy": [
+        "data=synthetic",
+        "data.task=classification",
+        "model=linear",
+        "model.out_features=2",
+    ],
     "lbfgs": ["loop=optim"],
     "step": ["scheduler.step_size=2"],
     "multistep": ["scheduler.milestones=[2,4]"],

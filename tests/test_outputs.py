@@ -297,13 +297,27 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
-    [[], ["scheduler=plateau"], ["scheduler=warmup_cosine", "scheduler.warmup_steps=2"]],
-    ids=lambda args: " ".join(args) or "no schedule",
+    [
+        ["model=linear"],
+        ["model=linear", "scheduler=plateau"],
+        ["model=linear", "scheduler=warmup_cosine", "scheduler.warmup_steps=2"],
+        # the MLP's hand backprop, cross-entropy and accuracy, with held-out rows
+        [
+            "model=mlp",
+            "model.out_features=3",
+            "loss=cross_entropy",
+            "data=synthetic",
+            "data.task=classification",
+            "data.n_classes=3",
+            "data.val_fraction=0.25",
+        ],
+    ],
+    ids=lambda args: " ".join(args),
 )
 def test_numpy_loop_never_imports_torch(tmp_path, schedule):
     code = (
         "import sys; from runner.cli import cli; "
-        "sys.argv = ['runner', 'loop=numpy', 'model=linear', 'optimizer=adam', "
+        "sys.argv = ['runner', 'loop=numpy', 'optimizer=adam', "
         f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}', *{schedule!r}]\n"
         "code = cli()\nassert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
