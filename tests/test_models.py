@@ -302,6 +302,14 @@ def test_a_classification_run_logs_accuracy_to_csv_and_summary(tmp_path):
     assert summary["best_accuracy"] > 0.8
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["best_accuracy"] == summary["best_accuracy"]
+    from tests.test_outputs import events
+
+    tb = events(tmp_path)
+    for tag in ("accuracy", "val_accuracy"):
+        values = [e.value for e in tb.Scalars(tag)]
+        np.testing.assert_allclose(values, metrics[tag], rtol=1e-6)
+    best = tb.Scalars("hparams/best_accuracy")[-1].value
+    assert best == pytest.approx(summary["best_accuracy"])
 
 
 @pytest.mark.parametrize("loop", list(LOOPS))
@@ -436,3 +444,53 @@ def test_a_target_mismatch_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "runner: error: loss=bce_logits: expected targets in [0, 1]; row 1 holds 2"
     ]
+
+
+# --- runner-predict ---------------------------------------------------------------------------
+def _predict_lines(capsys, run_dir, *inputs: str) -> list[str]:
+    from runner.predict import main
+
+    assert main([str(run_dir), *inputs]) == 0
+    return capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize("loop", ["numpy", "optim"])
+def test_predict_prints_the_class_and_the_softmax_of_an_mlp(tmp_path, capsys, loop):
+    run_dir = tmp_path / "run"
+    args = (
+        *MLP,
+        "loss=cross_entropy",
+        *CLASSES3,
+        f"loop={loop}",
+        "train.steps=30",
+        "train.dtype=float64",
+        "log.tensorboard=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    result = cli_in_process(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    params = json.loads((run_dir / "summary.json").read_text())["params"]
+    x = np.array([[0.5, -1.0, 2.0], [-1.0, 0.0, 0.3]])
+    h = np.tanh(x @ np.array(params["0.weight"]).T + params["0.bias"])
+    h = np.tanh(h @ np.array(params["2.weight"]).T + params["2.bias"])
+    logits = h @ np.array(params["4.weight"]).T + params["4.bias"]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    lines = _predict_lines(capsys, run_dir, "0.5,-1,2", "-1,0,0.3")
+    for line, row, p in zip(lines, logits, probs, strict=True):
+        values = line.split(",")
+        assert int(values[0]) == np.argmax(row)
+        np.testing.assert_allclose([float(v) for v in values[1:]], p, rtol=1e-12)
+
+
+def test_predict_prints_each_label_and_its_sigmoid_for_bce_logits(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    result = cli_in_process("model=linear", "loss=bce_logits", *LABELS, "loop=numpy",
+                            "train.steps=20", "log.tensorboard=false",
+                            f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    params = json.loads((run_dir / "summary.json").read_text())["params"]
+    z = np.array([3.0, -4.0]) @ np.array(params["weight"]).T + params["bias"]  # (2,) logits
+    (line,) = _predict_lines(capsys, run_dir, "3,-4")
+    values = line.split(",")
+    assert [int(v) for v in values[:2]] == [int(v > 0) for v in z]
+    np.testing.assert_allclose([float(v) for v in values[2:]], 1 / (1 + np.exp(-z)), rtol=1e-6)
