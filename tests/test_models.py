@@ -494,3 +494,33 @@ def test_predict_prints_each_label_and_its_sigmoid_for_bce_logits(tmp_path, caps
     values = line.split(",")
     assert [int(v) for v in values[:2]] == [int(v > 0) for v in z]
     np.testing.assert_allclose([float(v) for v in values[2:]], 1 / (1 + np.exp(-z)), rtol=1e-6)
+
+
+def test_lr_find_trains_an_mlp_classifier_at_every_rate(tmp_path):
+    from runner.lr_find import find_lr
+
+    cfg = compose_config(*MLP, "loss=cross_entropy", *CLASSES3, "loop=autograd",
+                         "log.progress=false", "train.dtype=float64")  # fmt: skip
+    problem = build_problem(cfg, OmegaConf.to_object(cfg.train), "cpu")
+    module = problem.model.module({k: torch.tensor(v) for k, v in problem.init.items()})
+    at_init = torch.nn.CrossEntropyLoss()(module(torch.tensor(problem.x)), torch.tensor(problem.y))
+    result = find_lr(cfg, [1e-4, 0.3, 1e4], steps=20)
+    assert result.initial_loss == pytest.approx(at_init.item(), rel=1e-12)
+    table = result.table.set_index("lr")
+    assert table.loc[0.3, "stable"] and table.loc[0.3, "final_loss"] < 0.8 * result.initial_loss
+    assert not table.loc[1e4, "stable"]
+    assert table.loc[1e-4, "final_loss"] == pytest.approx(result.initial_loss, rel=1e-2)
+
+
+def test_class_ids_from_a_csv_column_train_with_cross_entropy(tmp_path):
+    path = tmp_path / "points.csv"
+    path.write_text("a,b,label\n0,1,0\n1,0,1\n2,2,2\n0,0.5,0\n1.5,0,1\n2,2.5,2\n")
+    summary, metrics = train(tmp_path / "run", "data=csv", f"data.path={path}",
+                             "data.target=label", "model=linear", "model.out_features=3",
+                             "loss=cross_entropy", "loop=numpy", "optimizer=adam",
+                             "optimizer.lr=0.1", "train.steps=150",
+                             "log.tensorboard=false")  # fmt: skip
+    assert summary["final_accuracy"] == 1.0 and metrics["accuracy"].iloc[0] < 1.0
+    with pytest.raises(ConfigError, match=r"model\.out_features=2: expected 3, one logit"):
+        train(tmp_path / "two", "data=csv", f"data.path={path}", "data.target=label",
+              "model=linear", "model.out_features=2", "loss=cross_entropy")  # fmt: skip
