@@ -75,9 +75,12 @@ class LinearModel:
     bias: bool = True
     out_features: int = 1
 
+    _dense: Dense = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.out_features < 1:
             raise ConfigError("model.out_features", self.out_features, "an integer >= 1")
+        object.__setattr__(self, "_dense", Dense("weight", "bias" if self.bias else None))
 
     def init_params(self, n_features: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return dense_init(n_features, self.out_features, self.bias, self.init, rng, "")
@@ -89,7 +92,7 @@ class LinearModel:
 
     def forward(self, params: Mapping[str, Array], x: Array, xp: Any) -> Array:
         if self.out_features > 1:
-            return dense_forward(params["weight"], params.get("bias"), x)  # (N, O) or (K, N, O)
+            return self._dense.forward(params, x)  # (N, O) or (K, N, O)
         # One model: weight (1, F), bias (1,). K jobs side by side (runner.loops): a leading
         # axis, weight (K, 1, F) and bias (K, 1), giving predictions (K, N).
         w = params["weight"][..., 0, :]  # (F,) or (K, F)
@@ -103,7 +106,8 @@ class LinearModel:
         """dL/dW = dpred^T x as (O, F); dL/db = the sum of dpred over the samples, (O,); each
         with a leading K axis when dpred has one."""
         if self.out_features > 1:
-            grads, _ = dense_backward(params["weight"], self.bias, x, dpred, need_input=False)
+            grads: dict[str, np.ndarray] = {}
+            self._dense.backward(params, x, dpred, grads, need_input=False)
             return grads
         grads = {"weight": (dpred @ x)[..., None, :]}
         if self.bias:
@@ -135,22 +139,29 @@ def dense_init(
     return {name: rng.uniform(-bound, bound, size=shape) for name, shape in shapes.items()}
 
 
-def dense_forward(w: Array, b: Array | None, h: Array) -> Array:
-    """h @ W^T + b: h (N, I) or (K, N, I), W (O, I) or (K, O, I), b (O,) or (K, O) ->
-    (N, O) or (K, N, O)."""
-    out = h @ w.swapaxes(-1, -2)
-    return out if b is None else out + b[..., None, :]
+@dataclass(frozen=True)
+class Dense:
+    """One nn.Linear layer: the names of its parameters, its forward and its gradients."""
 
+    weight: str  # the weight's name, [out, in]
+    bias: str | None  # the bias's name, [out]; None without one
 
-def dense_backward(
-    w: np.ndarray, bias: bool, h: np.ndarray, dout: np.ndarray, need_input: bool = True
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The gradients of dense_forward given dL/dout (N, O) or (K, N, O): dW = dout^T h,
-    db = the sum of dout over the samples, and dL/dh = dout W (when `need_input`)."""
-    grads = {"weight": dout.swapaxes(-1, -2) @ h}
-    if bias:
-        grads["bias"] = np.sum(dout, axis=-2)
-    return grads, (dout @ w if need_input else None)
+    def forward(self, params: Mapping[str, Array], h: Array) -> Array:
+        """h @ W^T + b: h (N, I) or (K, N, I), W (O, I) or (K, O, I), b (O,) or (K, O) ->
+        (N, O) or (K, N, O)."""
+        out = h @ params[self.weight].swapaxes(-1, -2)
+        return out if self.bias is None else out + params[self.bias][..., None, :]
+
+    def backward(
+        self, params: Mapping[str, np.ndarray], h: np.ndarray, dout: np.ndarray, grads: dict,
+        need_input: bool = True,
+    ) -> np.ndarray | None:  # fmt: skip
+        """Given dL/dout (N, O) or (K, N, O), puts dW = dout^T h and db = the sum of dout over
+        the samples into `grads`; returns dL/dh = dout W (when `need_input`)."""
+        grads[self.weight] = dout.swapaxes(-1, -2) @ h
+        if self.bias is not None:
+            grads[self.bias] = np.add.reduce(dout, axis=-2)
+        return dout @ params[self.weight] if need_input else None
 
 
 @dataclass(frozen=True)
@@ -231,8 +242,10 @@ class MLPModel:
     out_features: int = 1
     bias: bool = True
     init: float | None = None
-    # the last NumPy forward: (params, inputs, each layer's input and the output)
+    # the last NumPy forward: [params, inputs, each layer's input]
     _tape: list = field(default_factory=list, repr=False, compare=False)
+    _layers: tuple[Dense, ...] = field(init=False, repr=False, compare=False)
+    _act: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -242,6 +255,12 @@ class MLPModel:
             raise ConfigError("model.activation", self.activation, " | ".join(ACTIVATIONS))
         if self.out_features < 1:
             raise ConfigError("model.out_features", self.out_features, "an integer >= 1")
+        layers = tuple(
+            Dense(f"{prefix}weight", f"{prefix}bias" if self.bias else None)
+            for prefix in self.layer_names
+        )
+        object.__setattr__(self, "_layers", layers)
+        object.__setattr__(self, "_act", ACTIVATIONS[self.activation])
 
     @property
     def layer_names(self) -> list[str]:
@@ -261,35 +280,30 @@ class MLPModel:
         return x
 
     def forward(self, params: Mapping[str, Array], x: Array, xp: Any) -> Array:
-        act = ACTIVATIONS[self.activation]
-        names = self.layer_names
-        h, seen = x, [x]
-        for i, prefix in enumerate(names):
-            h = dense_forward(params[f"{prefix}weight"], params.get(f"{prefix}bias"), h)
-            if i < len(names) - 1:
-                h = act.forward(h, xp)
-                seen.append(h)
+        *hidden, last = self._layers
+        act = self._act
+        h, seen = x, [x]  # each layer's input
+        for layer in hidden:
+            h = act.forward(layer.forward(params, h), xp)
+            seen.append(h)
+        out = last.forward(params, h)
         if xp is np:
-            self._tape[:] = [params, x, seen]
-        return h[..., 0] if self.out_features == 1 else h  # (N,) | (N, O), K jobs: (K, ...)
+            self._tape[:] = (params, x, seen)
+        return out[..., 0] if self.out_features == 1 else out  # (N,) | (N, O), K jobs: (K, ...)
 
     def backward(self, params: Mapping[str, Array], x: np.ndarray, dpred: np.ndarray) -> dict:
         """Back through the layers, last first: each Dense layer's weight and bias gradients
-        and the gradient of its input, then the activation before it."""
+        and the gradient of its input, then back through the activation that made that input."""
         tape = self._tape
         if not tape or tape[0] is not params or tape[1] is not x:
             self.forward(params, x, np)
         seen = self._tape[2]
-        act = ACTIVATIONS[self.activation]
+        act, layers = self._act, self._layers
         grads: dict[str, np.ndarray] = {}
         d = dpred[..., None] if self.out_features == 1 else dpred
-        for i in reversed(range(len(self.layer_names))):
-            prefix = self.layer_names[i]
-            w = params[f"{prefix}weight"]
-            layer, d = dense_backward(w, self.bias, seen[i], d, need_input=i > 0)
-            grads |= {f"{prefix}{k}": g for k, g in layer.items()}
-            if i > 0:
-                d = act.backward(seen[i], d)
+        for i in range(len(layers) - 1, 0, -1):
+            d = act.backward(seen[i], layers[i].backward(params, seen[i], d, grads))
+        layers[0].backward(params, x, d, grads, need_input=False)
         return {name: grads[name] for name in params}  # in the parameters' order
 
     def module(self, params: Mapping[str, Array]):
