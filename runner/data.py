@@ -48,8 +48,8 @@ def points(x: Any, y: Any) -> Dataset:
         key, value = ("data.x", x) if xs.ndim != 2 else ("data.y", y)
         raise ConfigError(key, value, "a flat list of numbers, or a list of rows")
     if len(xs) != len(ys):
-        raise ConfigError(
-            "data.y", y, f"as many values as data.x has rows ({len(xs)}); got {len(ys)}"
+        raise ConfigError(  # the values as numbers, as a list[float] schema shows them
+            "data.y", ys.tolist(), f"as many values as data.x has rows ({len(xs)}); got {len(ys)}"
         )
     if len(ys) == 0:
         raise ConfigError("data.x", x, "at least one sample")

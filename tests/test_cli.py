@@ -245,7 +245,7 @@ BAD = [
     ),
     (
         ["experiment=nope"],
-        "experiment=nope: expected one of autograd_gd, linear_regression, numpy_gd",
+        "experiment=nope: expected one of autodiff_graph, autograd_gd, linear_regression, numpy_gd",
     ),
     (["train.steps=[1"], "cannot parse the command line"),
 ]

@@ -125,7 +125,7 @@ BAD_INPUTS = [
     (["train.steps=0"], "train.steps=0: expected an integer >= 1"),
     (["train.batch_size=0"], "train.batch_size=0: expected an integer >= 1, or null"),
     (["loss=huber", "loss.delta=-1"], "loss.delta=-1.0: expected a number > 0"),
-    (["data=points", "data.x=[1,2,3]", "data.y=[1,2]"], "data.y=[1, 2]: expected as many"),
+    (["data=points", "data.x=[1,2,3]", "data.y=[1,2]"], "data.y=[1.0, 2.0]: expected as many"),
     (
         ["data=synthetic", "data.n_features=3"],
         "model=scalar: expected data with one feature (y = w*x); the data has 3",

@@ -98,7 +98,7 @@ def test_tensorboard_config_text_is_the_resolved_config_without_targets(runs, tm
     assert "_target_" not in text and "${" not in text
     config = yaml.safe_load(text.removeprefix("```yaml").removesuffix("```"))
     assert config["data"]["seed"] == 7  # `${train.seed}` in conf/data/synthetic.yaml
-    assert config["model"] == {"init": None, "bias": True}
+    assert config["model"] == {"init": None, "bias": True, "out_features": 1}
     assert config["loss"] == {} and config["train"]["dtype"] == "float64"
 
 
