@@ -158,7 +158,13 @@ PARITY = {
     "linear-l1-2out": ("model=linear", "loss=l1", *MULTI),
     "linear-huber-2out": ("model=linear", "loss=huber", "loss.delta=0.5", *MULTI),
     "linear-bce-2labels": ("model=linear", "loss=bce_logits", *LABELS),
-    "linear-ce-val": ("model=linear", "loss=cross_entropy", *CLASSES3, "data.val_fraction=0.25"),
+    "linear-ce-val-clip": (
+        "model=linear",
+        "loss=cross_entropy",
+        *CLASSES3,
+        "data.val_fraction=0.25",
+        "train.clip_grad_norm=0.5",
+    ),
     "scalar-bce": ("model=scalar", "loss=bce_logits", *BINARY, "data.n_features=1"),
     "mlp-mse-tanh": (*MLP, "loss=mse", "data=synthetic", "data.n_features=2", "data.n_samples=16"),
     "mlp-l1-relu-2out": (*MLP, "model.activation=relu", "loss=l1", *MULTI),
@@ -197,7 +203,10 @@ def loop_tables(overrides) -> tuple[dict[str, pd.DataFrame], Layout]:
     layout = Layout({k: np.shape(v) for k, v in problem.init.items()}, 64, problem.extras)
     out = {}
     for name, cls in LOOPS.items():
-        rows = cls.to_host(list(cls(problem).steps(1, train_conf.steps)))[0]
+        records = list(cls(problem).steps(1, train_conf.steps))
+        # each record's extras in the order of the columns (clip, val_loss, accuracy, ...)
+        assert all(tuple(r.extras) == problem.extras for r in records), name
+        rows = cls.to_host(records)[0]
         out[name] = pd.DataFrame(layout.table(rows), columns=layout.columns)
     return out, layout
 
@@ -205,7 +214,9 @@ def loop_tables(overrides) -> tuple[dict[str, pd.DataFrame], Layout]:
 @pytest.mark.parametrize(
     ("case", "dtype"),
     [(case, "float64") for case in PARITY]
-    + [(case, "float32") for case in ("linear-ce-val", "mlp-bce-relu-batches", "mlp-mse-tanh")],
+    + [
+        (case, "float32") for case in ("linear-ce-val-clip", "mlp-bce-relu-batches", "mlp-mse-tanh")
+    ],
 )
 def test_the_three_loops_agree_step_for_step(case, dtype):
     args = (*PARITY[case], "optimizer=adam", "optimizer.lr=0.01", "train.steps=100")
@@ -217,12 +228,16 @@ def test_the_three_loops_agree_step_for_step(case, dtype):
         accuracy = frames["numpy"]["accuracy"]
         assert accuracy.between(0, 1).all() and accuracy.iloc[-1] > accuracy.iloc[0]
         assert ("val_accuracy" in layout.columns) == ("data.val_fraction=0.25" in args)
-        assert layout.columns[layout.columns.index("grad_norm") + 1 :] == list(layout.extras)
+    if case == "linear-ce-val-clip":
+        tail = layout.columns[layout.columns.index("grad_norm") + 1 :]
+        assert tail == ["grad_norm_before_clip", "val_loss", "accuracy", "val_accuracy"]
 
 
 # --- K jobs side by side ----------------------------------------------------------------------
-VECTORIZED = ["linear-bce-2labels", "linear-ce-val", "mlp-mse-tanh", "mlp-bce-relu-batches",
-              "mlp-ce-tanh-accumulate", "mlp-l1-relu-2out"]  # fmt: skip
+VECTORIZED = [
+    "linear-bce-2labels", "linear-ce-val-clip", "linear-huber-2out", "scalar-bce",
+    "mlp-mse-tanh", "mlp-bce-relu-batches", "mlp-ce-tanh-accumulate", "mlp-l1-relu-2out",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("loop", list(LOOPS))
@@ -524,3 +539,22 @@ def test_class_ids_from_a_csv_column_train_with_cross_entropy(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.out_features=2: expected 3, one logit"):
         train(tmp_path / "two", "data=csv", f"data.path={path}", "data.target=label",
               "model=linear", "model.out_features=2", "loss=cross_entropy")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_vectorized_launcher_trains_an_mlp_classifier_as_its_own_runs(tmp_path):
+    args = (*MLP, "loss=cross_entropy", *CLASSES3, "loop=optim", "optimizer=adam",
+            "train.steps=15", "train.dtype=float64", "log.tensorboard=false",
+            "data.val_fraction=0.25")  # fmt: skip
+    sweep = tmp_path / "sweep"
+    result = cli_in_process("-m", "optimizer.lr=0.01,0.1", *args, "hydra/launcher=vectorized",
+                            f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "vectorized launcher:" not in result.stdout  # batched, not job by job
+    for job, lr in ((0, "0.01"), (1, "0.1")):
+        alone, metrics = train(tmp_path / lr, *args, f"optimizer.lr={lr}")
+        batched = pd.read_csv(sweep / f"{job}_optimizer.lr={lr}" / "metrics.csv")
+        assert list(batched.columns) == list(metrics.columns)
+        np.testing.assert_allclose(batched.to_numpy(), metrics.to_numpy(), rtol=1e-10)
+        summary = json.loads((sweep / f"{job}_optimizer.lr={lr}" / "summary.json").read_text())
+        assert summary["best_val_accuracy"] == alone["best_val_accuracy"]
