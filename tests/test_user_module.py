@@ -58,6 +58,26 @@ def test_initial_values_are_the_modules_own_init_from_train_seed():
     assert not np.array_equal(other.init_params(2, None)["hidden.weight"], want["hidden.weight"])
 
 
+def test_predictions_are_flat_for_one_output_and_a_column_per_output_for_more():
+    from runner.user_module import UserModule
+
+    x = torch.tensor(X, dtype=torch.float64)
+    for target, shape in (("TinyMLP", (6,)), ("FlatOutput", (6,)), ("TwoOutputs", (6, 2))):
+        model = UserModule(f"tests.user_modules.{target}", {"n_features": 2})
+        init = model.init_params(2, None)
+        params = {k: torch.from_numpy(v).double() for k, v in init.items()}
+        pred = model.forward(params, x, torch)
+        assert pred.shape == shape, target
+        jobs = {k: torch.stack([v, 2 * v]) for k, v in params.items()}  # K = 2, side by side
+        both = model.forward(jobs, x, torch)
+        assert both.shape == (2, *shape), target
+        torch.testing.assert_close(both[0], pred, rtol=0, atol=0)
+        with torch.no_grad():  # the optim loop's module: what the forward gives, as columns
+            module_out = model.module(params)(x)
+        torch.testing.assert_close(module_out.reshape(6, -1), pred.reshape(6, -1), rtol=0, atol=0)
+        assert module_out.ndim == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_autograd_and_optim_loops_agree_with_a_plain_torch_loop(tmp_path, dtype):
@@ -257,6 +277,7 @@ def test_jobs_side_by_side_equal_runs_alone(tmp_path, loop):
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_vectorized_launcher_runs_a_module_sweep_job_by_job(tmp_path):
     result = cli_in_process("-m", *PROBLEM, "optimizer.lr=0.01,0.1", "train.steps=2",
                             "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'sweep'}",
