@@ -125,6 +125,18 @@ def test_parameters_are_logged_under_the_modules_own_names(tmp_path):
     }  # fmt: skip
 
 
+def test_tensorboards_config_text_shows_the_users_keys_only():
+    from omegaconf import OmegaConf
+
+    from runner.sinks.tensorboard_sink import config_text
+
+    cfg = OmegaConf.to_container(compose_config(*PROBLEM, "train.seed=5"), resolve=True)
+    model = config_text(cfg).split("model:\n", 1)[1].split("data:", 1)[0]
+    assert model == (
+        "  target: tests.user_modules.TinyMLP\n  kwargs:\n    n_features: 2\n  seed: 5\n"
+    )
+
+
 @pytest.mark.parametrize(
     "target,why",
     [
