@@ -591,7 +591,7 @@ def build_problem(
     if not all(np.isfinite(v).all() for v in init.values()):
         raise ConfigError(
             "model.init",
-            cfg.model.init,
+            cfg.model.get("init"),
             f"a finite number that {dtype} holds (|init| <= {np.finfo(dtype).max:.3g}), or null",
         )
     batches = BatchSchedule(len(data.y), train.batch_size, train.seed)

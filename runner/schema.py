@@ -51,6 +51,16 @@ class LinearModelConf:
     bias: bool = True
 
 
+@dataclass
+class UserModuleConf:
+    _target_: str = "runner.user_module.UserModule"
+    # imported and checked by runner.user_module (an nn.Module subclass), never by Hydra
+    target: str = MISSING  # the dotted path of your nn.Module subclass: tinynet.TinyMLP
+    kwargs: Any = None  # a mapping, passed to its constructor: {hidden: 8}
+    seed: int = II("train.seed")  # torch.manual_seed before the module is built
+    _recursive_: bool = False  # kwargs are the user's values, never configs to build
+
+
 # --- data ----------------------------------------------------------------------------------
 @dataclass
 class SeedLineConf:
@@ -210,7 +220,7 @@ class RunConf:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf},
+    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf, "module": UserModuleConf},
     "data": {
         "seed_line": SeedLineConf,
         "points": PointsConf,
@@ -338,6 +348,14 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
 
     # The optimizer's and the scheduler's own ranges are checked where they are built
     # (runner.build.build_optimizer, build_scheduler).
+    if not getattr(get_class(cfg.model._target_), "hand_gradient", True) and loop_name == "numpy":
+        raise ConfigError(
+            "loop",
+            loop_name,
+            "autograd or optim with model=module (the numpy loop needs hand-written "
+            "gradients, which a user's module does not have)",
+        )
+
     rule = get_class(cfg.optimizer._target_)
     if not rule.manual and loop_name != "optim":
         raise ConfigError(
