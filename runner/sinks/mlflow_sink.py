@@ -204,9 +204,9 @@ class MlflowSink:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def close(self, summary: dict | None = None) -> None:
-        if self.run_id is None:
+        run_id = self.run_id
+        if run_id is None:
             return
-        run_id, self.run_id = self.run_id, None
         status = "FAILED"
         try:
             self.flush()
@@ -215,6 +215,7 @@ class MlflowSink:
                 status = RUN_STATUS.get(summary.get("status"), "FAILED")
             self._log_files(run_id, summary)
         finally:
+            self.run_id = None
             self.client.set_terminated(run_id, status)
 
     def _log_summary(self, run_id: str, summary: Mapping[str, Any]) -> None:
