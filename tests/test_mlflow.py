@@ -241,3 +241,26 @@ def test_a_run_logs_to_a_real_mlflow_server(tmp_path, monkeypatch):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_a_sweep_a_signal_ended_leaves_its_parent_run_killed(tracking, tmp_path):
+    # Hydra calls no on_multirun_end then; the CLI's Ctrl-C path reports the sweep instead.
+    from omegaconf import OmegaConf
+
+    from runner.callbacks import MlflowSweep, report_interrupted_sweep
+
+    sweep = tmp_path / "sweep"
+    config = OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(sweep)}},
+            "train": {"resume": False},
+            "log": {"mlflow": True, "mlflow_uri": tracking.uri},
+        }
+    )
+    MlflowSweep().on_multirun_start(config)
+    parent = os.environ[mlflow_sink.PARENT_RUN_ENV]
+    assert run_id(sweep) == parent
+    assert tracking.get_run(parent).info.status == "RUNNING"
+    report_interrupted_sweep()
+    assert tracking.get_run(parent).info.status == "KILLED"
+    assert mlflow_sink.PARENT_RUN_ENV not in os.environ
