@@ -138,6 +138,24 @@ def test_a_run_that_stops_early_ends_its_mlflow_run_so(
     assert_history_is_the_csv(tracking, run_id(out), out)
 
 
+def test_a_diverged_run_is_failed_in_mlflow_with_its_last_step(tracking, tmp_path):
+    out = tmp_path / "run"
+    summary = train(out, tracking.uri, "train.steps=50", "optimizer.lr=10")
+    assert summary["status"] == "diverged"
+    run = tracking.get_run(run_id(out))
+    assert run.info.status == "FAILED" and run.data.tags["runner.status"] == "diverged"
+    assert run.data.metrics["diverged_at_step"] == summary["diverged_at_step"]
+    history = [m.step for m in tracking.get_metric_history(run_id(out), "loss")]
+    assert history == list(range(1, summary["diverged_at_step"] + 1))
+
+
+def test_a_param_too_long_for_mlflow_is_cut_to_its_limit():
+    params = mlflow_sink.flat_params({"data": {"x": list(range(5000)), "_target_": "a.b"}})
+    assert list(params) == ["data.x"]
+    assert len(params["data.x"]) == mlflow_sink.MAX_PARAM_LENGTH
+    assert params["data.x"].startswith("[0, 1, 2, ") and params["data.x"].endswith("...")
+
+
 def test_a_resumed_run_continues_its_mlflow_run_with_each_step_once(tracking, tmp_path):
     out = tmp_path / "run"
     args = ("train.steps=6", "train.checkpoint_every=4")

@@ -34,9 +34,10 @@ PARENT_RUN_ENV = "RUNNER_MLFLOW_PARENT_RUN"
 # The MLflow run id of a run (in its directory) or of a sweep's parent run (in the sweep's).
 RUN_ID_FILE = "mlflow_run_id"
 
-# MLflow's limits for one log_batch call.
+# MLflow's limits: values in one log_batch call, and characters in a param's value.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
 
 # summary.json's status -> the MLflow run's. A diverged run exits 0 but its training failed,
 # as TensorBoard's HParams session says too; the tag runner.status tells the two apart.
@@ -90,8 +91,9 @@ def experiment_id(mlflow: Any) -> str:
 
 def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """The resolved config as MLflow params: dotted keys (`optimizer.lr`), values as text,
-    lists as YAML shows them; `_target_` keys left out (which class builds a part is the code's
-    business, as in TensorBoard's config text)."""
+    lists as YAML shows them, cut to MLflow's limit (a long `data.x` ends in `...`); `_target_`
+    keys left out (which class builds a part is the code's business, as in TensorBoard's config
+    text)."""
     out: dict[str, str] = {}
     for key, value in config.items():
         if key == "_target_":
@@ -99,7 +101,10 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             out.update(flat_params(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = _text(value)
+            text = _text(value)
+            if len(text) > MAX_PARAM_LENGTH:
+                text = text[: MAX_PARAM_LENGTH - 3] + "..."
+            out[f"{prefix}{key}"] = text
     return out
 
 
