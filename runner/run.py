@@ -848,6 +848,20 @@ def open_sinks(
                 resume_at=resume_at,
             )
         )
+    if log.mlflow:  # last: it uploads the files the sinks before it have closed
+        from runner.sinks.mlflow_sink import MlflowSink
+
+        sinks.append(
+            MlflowSink(
+                out_dir,
+                layout,
+                OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                dtype,
+                log.mlflow_uri,
+                overrides,
+                resume_at,
+            )
+        )
     return sinks
 
 

@@ -204,6 +204,8 @@ class LogConf:
     max_elements: int = 16  # per parameter; larger ones are logged as norms only
     flush_secs: float = 1.0  # logged rows reach the disk at most this long after their step
     progress: bool = True  # a tqdm bar, shown only on a terminal
+    mlflow: bool = False  # an MLflow run too (optional extra: pip install 'runner[mlflow]')
+    mlflow_uri: str | None = None  # tracking URI; null: MLflow's own (MLFLOW_TRACKING_URI)
 
 
 @dataclass
@@ -342,6 +344,10 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     _at_least(log.max_elements, 1, "log.max_elements")
     if not log.flush_secs >= 0:
         raise ConfigError("log.flush_secs", log.flush_secs, "a number of seconds >= 0")
+    if log.mlflow:
+        from runner.sinks.mlflow_sink import check_installed
+
+        check_installed()
 
     if "delta" in cfg.loss and not cfg.loss.delta > 0:
         raise ConfigError("loss.delta", cfg.loss.delta, "a number > 0 (Huber's threshold)")
