@@ -27,6 +27,12 @@ def run_check(capsys, *args: str) -> tuple[int, list[str], str]:
 def data_for(model: str, loss: str = "mse") -> tuple[str, ...]:
     # the scalar model takes one feature; the others get three. The classification losses get
     # class ids: two classes for bce_logits, three (and three logits) for cross_entropy.
+    if model == "module":  # a user's module: a test helper's, built for three features
+        classes = ("data.task=classification",) if loss in ("bce_logits", "cross_entropy") else ()
+        # cross_entropy: two logits for the two classes
+        target = "TwoOutputs" if loss == "cross_entropy" else "TinyMLP"
+        module = (f"model.target=tests.user_modules.{target}", "model.kwargs={n_features: 3}")
+        return (*module, "data=synthetic", "data.n_features=3", *classes)
     features = () if model == "scalar" else ("data=synthetic", "data.n_features=3")
     if loss == "bce_logits":
         return ("data=synthetic", "data.task=classification", *features[1:])
@@ -49,7 +55,9 @@ def test_every_shipped_model_and_loss_passes(capsys, model, loss):
         return
     code, lines, err = run_check(capsys, f"model={model}", f"loss={loss}", *data_for(model, loss))
     assert code == 0, "\n".join(lines) + err
-    assert lines[-1].startswith("ok: hand-derived gradients agree with autograd")
+    # a user's module has no hand-derived gradient: autograd against finite differences
+    verdict = "ok: autograd agrees" if model == "module" else "ok: hand-derived gradients agree"
+    assert lines[-1].startswith(verdict)
 
 
 def test_a_linear_model_without_bias_passes(capsys):
@@ -165,7 +173,7 @@ def test_random_points_move_the_scalar_weight(capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=foo"], "model=foo: expected one of linear, mlp, scalar"),
+        (["model=foo"], "model=foo: expected one of linear, mlp, module, scalar"),
         (["--points", "-1"], "--points=-1: expected an integer >= 0"),
         (["train.dtype=float16"], "train.dtype=float16: expected one of float32, float64"),
     ],

@@ -14,7 +14,7 @@ from runner.schema import SCHEMAS
 from tests.helpers import compose_config
 
 OPTIONS = {
-    "model": ["scalar", "linear", "mlp"],
+    "model": ["scalar", "linear", "mlp", "module"],
     "data": ["seed_line", "points", "synthetic", "csv", "sklearn"],
     "loss": ["mse", "l1", "huber", "bce_logits", "cross_entropy"],
     "optimizer": [
@@ -54,6 +54,7 @@ NEEDS = {  # what an option needs besides itself to make a runnable experiment
         "model=linear",
         "model.out_features=2",
     ],
+    "module": ["model.target=tests.user_modules.TinyMLP"],
     "lbfgs": ["loop=optim"],
     "step": ["scheduler.step_size=2"],
     "multistep": ["scheduler.milestones=[2,4]"],

@@ -153,6 +153,16 @@ def timeless_summary(path: Path) -> dict:
     return summary
 
 
+# Keys added to the config after the recording, at their defaults, as .hydra/config.yaml
+# writes them: they change no output, so a job's config is compared without them.
+NEWER_KEYS_AT_DEFAULTS = "  mlflow: false\n  mlflow_uri: null\n"
+
+
+def without_newer_keys(config_yaml: str) -> str:
+    assert NEWER_KEYS_AT_DEFAULTS in config_yaml, "the recorded sweeps leave log.mlflow off"
+    return config_yaml.replace(NEWER_KEYS_AT_DEFAULTS, "", 1)
+
+
 def listing(directory: Path) -> list[str]:
     """Every file a run wrote, relative to its directory (contents aside, this is what it wrote)."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
@@ -259,7 +269,7 @@ def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
         jobs[job.name] = {
             "files": listing(job),
             "summary": timeless_summary(job / "summary.json"),
-            "config.yaml": (job / ".hydra" / "config.yaml").read_text(),
+            "config.yaml": without_newer_keys((job / ".hydra" / "config.yaml").read_text()),
             "overrides.yaml": (job / ".hydra" / "overrides.yaml").read_text(),
         }
     files["jobs.json"] = dumps(jobs).encode()
