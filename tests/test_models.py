@@ -558,3 +558,16 @@ def test_the_vectorized_launcher_trains_an_mlp_classifier_as_its_own_runs(tmp_pa
         np.testing.assert_allclose(batched.to_numpy(), metrics.to_numpy(), rtol=1e-10)
         summary = json.loads((sweep / f"{job}_optimizer.lr={lr}" / "summary.json").read_text())
         assert summary["best_val_accuracy"] == alone["best_val_accuracy"]
+
+
+def test_runner_check_shows_seed_001s_graph(capsys):
+    # the notebook prints z.grad_fn = AddBackward0 and loss.grad_fn =
+    # BinaryCrossEntropyWithLogitsBackward0; runner-check walks the same chain to each parameter
+    from runner.check import main
+
+    assert main(["experiment=autodiff_graph", "--points", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bias = next(line for line in lines if line.startswith("  bias: "))
+    assert bias.split(": ")[1].startswith("BinaryCrossEntropyWithLogitsBackward0 -> AddBackward0")
+    assert "Jacobian of the predictions (shape (1, 3))" in "\n".join(lines)
+    assert lines[-1].startswith("ok: hand-derived gradients agree")
