@@ -147,6 +147,7 @@ class MlflowSink:
         self._float32 = np.dtype(dtype) == np.float32
         self.client = client(uri)
         self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._sending: list[Any] = []  # MLflow's RunOperations of the batches on their way
         self._sent_through = 0  # rows up to this step are in MLflow already (a resumed run)
         self.run_id = self._continued(resume_at)
         if self.run_id is not None:
@@ -204,9 +205,19 @@ class MlflowSink:
         self._send(metrics)
 
     def _send(self, metrics: list) -> None:
+        # MLflow's own background logging: the loop hands the batches over and goes on, rather
+        # than waiting for the tracking server to store them (against a server on this machine,
+        # the waits held a 4000-step run for 2.4 s of its 3). close() waits for them all.
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             batch = metrics[start : start + MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._sending.append(
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+            )
+
+    def _wait_for_sends(self) -> None:
+        sending, self._sending = self._sending, []
+        for operation in sending:
+            operation.wait()  # raises what the send raised
 
     def close(self, summary: dict | None = None) -> None:
         run_id = self.run_id
@@ -215,6 +226,7 @@ class MlflowSink:
         status = "FAILED"
         try:
             self.flush()
+            self._wait_for_sends()
             if summary is not None:
                 self._log_summary(run_id, summary)
                 status = RUN_STATUS.get(summary.get("status"), "FAILED")
