@@ -194,6 +194,7 @@ class LogConf:
     max_elements: int = 16  # per parameter; larger ones are logged as norms only
     flush_secs: float = 1.0  # logged rows reach the disk at most this long after their step
     progress: bool = True  # a tqdm bar, shown only on a terminal
+    landscape: bool = True  # landscape.png: the loss around the path, after training
 
 
 @dataclass

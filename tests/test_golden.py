@@ -158,6 +158,16 @@ def listing(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
 
 
+# What runs gained after the sweeps were recorded, left out of their recorded form: each job's
+# landscape.png and the key that turns it off. Every recorded byte is still compared.
+NEWER_FILES = ("landscape.png",)
+NEWER_KEYS = ("  landscape: true",)
+
+
+def without_lines(text: str, lines: tuple[str, ...]) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if line.rstrip() not in lines)
+
+
 def without_column(table: bytes, column: str) -> bytes:
     """A CSV without one column, every other field's text as written."""
     rows = list(csv.reader(io.StringIO(table.decode())))
@@ -257,9 +267,9 @@ def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != "."):
         files[f"{job.name}.csv"] = (job / "metrics.csv").read_bytes()
         jobs[job.name] = {
-            "files": listing(job),
+            "files": [f for f in listing(job) if f not in NEWER_FILES],
             "summary": timeless_summary(job / "summary.json"),
-            "config.yaml": (job / ".hydra" / "config.yaml").read_text(),
+            "config.yaml": without_lines((job / ".hydra" / "config.yaml").read_text(), NEWER_KEYS),
             "overrides.yaml": (job / ".hydra" / "overrides.yaml").read_text(),
         }
     files["jobs.json"] = dumps(jobs).encode()
