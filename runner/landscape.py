@@ -194,7 +194,10 @@ def _padded_range(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def landscape_figure(s: Surface, title: str) -> Figure:
     """The picture of one run's Surface: curve with the path's points, contour with the path,
     or the loss along the line from the initial to the final parameters."""
-    fig, ax = _figure()
+    # Fixed margins rather than a layout engine: a third less time to draw, once per run.
+    fig, ax = _figure(layout=None)
+    # (a 2-D picture's colour bar takes its place within, its labels beyond `right`)
+    fig.subplots_adjust(left=0.12, right=0.86 if s.kind == "2d" else 0.97, bottom=0.11, top=0.93)
     if s.kind == "2d":
         _contour(fig, ax, s)
         _path_2d(ax, s.path, "C3", "path (logged steps)", ends=True)
@@ -282,11 +285,13 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
+def _figure(
+    figsize: tuple[float, float] = FIGSIZE, layout: str | None = "constrained"
+) -> tuple[Figure, Axes]:
     # A bare Figure, no pyplot: no global figure registry, no backend switch in the caller.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=DPI, layout=layout)
     return fig, fig.add_subplot()
 
 

@@ -4,11 +4,17 @@
 is each job's summary.json, metrics.csv and .hydra/, and writes next to the jobs:
 
 - `summary.csv`: one row per job (job number, swept values, status, losses, steps, wall time,
-  final parameters named like metrics.csv's columns, the job's directory);
-- `loss.png`: loss against step for every job, log scale;
+  final parameters named like metrics.csv's columns, the job's directory; and each job's `lr`
+  when the sweep varies the optimizer);
+- `loss.png`: loss against step for every job, log scale (over seeds: each group's mean with a
+  band of +-1 std);
 - `final_loss.png`: final loss against the swept key, when exactly one numeric key is swept;
 - `parity.csv`: when jobs differ only in `loop`, how far apart their loss, parameters and
-  gradients get, and the first step where the gap exceeds the dtype's tolerance.
+  gradients get, and the first step where the gap exceeds the dtype's tolerance;
+- `trajectories.png`: every job's path on one picture of their loss, when they share a problem
+  of one or two parameter elements (runner.landscape);
+- `aggregate.csv`: when train.seed or data.seed is swept, each group of the other swept values
+  with the mean and std of its final and best losses.
 
 Hydra calls it when a sweep ends (runner.callbacks.SweepReport); `runner-report DIR` rebuilds it
 from the shell, for instance for a sweep that was killed half-way. What it cannot read or write
@@ -440,8 +446,9 @@ def loss_figure(
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if note:
-        ax.text(0.5, 0.98, note, transform=ax.transAxes, ha="center", va="top",
-                fontsize="small", bbox={"fc": "white", "ec": "0.6", "alpha": 0.9})  # fmt: skip
+        box = {"fc": "white", "ec": "0.6", "alpha": 0.9}
+        ax.text(0.98, 0.97, textwrap.fill(note, 48), transform=ax.transAxes, ha="right",
+                va="top", fontsize="small", bbox=box)  # fmt: skip
     if len(jobs) <= MAX_LEGEND:
         _legend(fig, ax, legend_title)
     else:  # one legend entry per job would bury the plot: a colour bar keyed to the jobs
@@ -694,10 +701,11 @@ def write_report(
     """Writes the report of the sweep (or single run) in `path`, prints a table of its jobs,
     best first, and the files written; returns those files.
 
-    For a sweep: summary.csv, loss.png, final_loss.png (one numeric key swept) and parity.csv
-    (jobs differing only in `loop`). For a single run: its loss.png. `sweep_ended` says the
-    sweep has just ended in this process, so that a job without summary.json failed rather
-    than crashed. Raises NotARunDirectory when `path` holds neither.
+    For a sweep: summary.csv, loss.png, final_loss.png (one numeric key swept), parity.csv
+    (jobs differing only in `loop`), trajectories.png (one shared problem of at most two
+    parameter elements) and aggregate.csv (seeds swept). For a single run: its loss.png.
+    `sweep_ended` says the sweep has just ended in this process, so that a job without
+    summary.json failed rather than crashed. Raises NotARunDirectory when `path` holds neither.
 
     What cannot be read or written is a warning, one line `<path>: <what>` passed to `warn`
     (default: `runner-report: warning: ...` on stderr), and the report is made of the rest: a
@@ -933,8 +941,8 @@ def _coinciding_note(parity: pd.DataFrame | None, jobs: Sequence[Job]) -> str:
     loops = ", ".join(dict.fromkeys(str(j.loop) for j in jobs if j.loop))
     tolerance = f"{parity['tolerance'].max():g}"
     return (
-        f"the lines of the loops ({loops}) coincide: they agree within {tolerance} "
-        "(relative) at every logged step (parity.csv)"
+        f"the lines of the loops ({loops}) coincide: they agree within {tolerance} relative "
+        "at every logged step (parity.csv)"
     )
 
 
@@ -1098,7 +1106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     neither."""
     parser = argparse.ArgumentParser(
         prog="runner-report",
-        description="Rebuild summary.csv, parity.csv and plots of a sweep (or a run's loss.png).",
+        description="Rebuild summary.csv, parity.csv, aggregate.csv and plots of a sweep (or a "
+        "run's loss.png).",
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="a sweep or run directory")
     args = parser.parse_args(argv)

@@ -312,7 +312,7 @@ def test_a_loop_sweep_whose_lines_coincide_says_so_on_the_plot(tmp_path):
     assert note.startswith("the lines of the loops (numpy, autograd, optim) coincide")
     fig = report.loss_figure(jobs, ["numpy", "autograd", "optim"], "t", "loop", note)
     (ax,) = fig.axes
-    assert [t.get_text() for t in ax.texts] == [note]
+    assert [t.get_text().replace("\n", " ") for t in ax.texts] == [note]
     styles = [line.get_linestyle() for line in ax.get_lines()]
     assert len(set(styles)) == 3  # the lines beneath still show
     # parted loops: no such note
