@@ -7,7 +7,6 @@ pandas."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +206,7 @@ def yaml_config(job: Path) -> dict:
     return yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_an_optimizer_sweep_lists_each_jobs_own_default_rate(tmp_path):
     make_sweep(tmp_path, ["optimizer=sgd"], ["optimizer=adam"], ["optimizer=rmsprop"])
     report.write_report(tmp_path, out=io.StringIO())
@@ -239,6 +239,7 @@ def seeds(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_seed_sweep_aggregates_each_setting_over_its_seeds(seeds):
     aggregate = pd.read_csv(seeds / "aggregate.csv")
     assert list(aggregate.columns) == [
@@ -261,6 +262,7 @@ def test_a_seed_sweep_aggregates_each_setting_over_its_seeds(seeds):
     )
 
 
+@pytest.mark.slow
 def test_a_seed_sweeps_loss_plot_shows_each_groups_mean_and_band(seeds):
     jobs = report.collect_jobs(seeds)
     groups, labels = report.group_jobs(jobs, ["optimizer.lr", "train.seed"])
@@ -304,6 +306,7 @@ def _one_job_dir(tmp_path: Path) -> Path:
     return tmp_path / "one"
 
 
+@pytest.mark.slow
 def test_a_loop_sweep_whose_lines_coincide_says_so_on_the_plot(tmp_path):
     make_sweep(tmp_path, ["loop=numpy"], ["loop=autograd"], ["loop=optim"])
     jobs = report.collect_jobs(tmp_path)
@@ -320,13 +323,19 @@ def test_a_loop_sweep_whose_lines_coincide_says_so_on_the_plot(tmp_path):
     assert report._coinciding_note(parity, jobs) == ""
 
 
-def test_the_tensorboard_image_records_a_resumed_runs_whole_path(tmp_path):
+def test_a_resumed_run_draws_its_whole_path(tmp_path):
     from runner.metrics import Layout
-    from runner.sinks.landscape_sink import _logged_params
+    from runner.sinks.landscape_sink import LandscapeSink
 
-    train(tmp_path, *ON, "train.steps=6", "train.checkpoint_every=3", "log.tensorboard=false")
-    layout = Layout({"weight": ()})
-    logged = _logged_params(tmp_path / "metrics.csv", layout, 3)
-    want = pd.read_csv(tmp_path / "metrics.csv")["param/weight"][:3].to_numpy()
-    np.testing.assert_array_equal(logged[:, 0], want)
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    train(tmp_path, "train.steps=3", "train.checkpoint_every=3", "log.tensorboard=false")
+    first = pd.read_csv(tmp_path / "metrics.csv")["param/weight"].to_numpy()
+    # the sink of the resumed run starts from the initial point and the rows logged before
+    f = LossFunction.of(SEED_X, SEED_Y, ScalarModel(), MSE(), {"weight": np.array(0.0)})
+    sink = LandscapeSink(tmp_path, Layout({"weight": ()}), f, np.zeros(1), resume_at=3)
+    np.testing.assert_array_equal(np.concatenate(sink.points)[:, 0], [0.0, *first])
+    summary, metrics = train(
+        tmp_path, *ON, "train.steps=6", "train.checkpoint_every=3", "train.resume=true"
+    )
+    assert summary["steps_completed"] == 6 and len(metrics) == 6
+    ((step, value),) = tb_images(tmp_path)  # in the resumed part's event file
+    assert step == 6 and value.image.width == 600
