@@ -208,7 +208,7 @@ def landscape_figure(s: Surface, title: str) -> Figure:
             _path_1d(ax, s.path[:, 0], s.path_loss, "C3", "path (logged steps)")
             ax.set_xlabel(s.names[0])
         else:
-            ax.plot(s.path[:, 0] * 0 + [0.0, 1.0], s.path_loss, "o", color="C3", ms=7)
+            ax.plot([0.0, 1.0], s.path_loss, "o", color="C3", ms=7)
             for alpha, text in ((0.0, "initial"), (1.0, "final")):
                 ax.annotate(text, (alpha, s.path_loss[int(alpha)]), xytext=(6, 6),
                             textcoords="offset points")  # fmt: skip
@@ -358,6 +358,7 @@ def from_config(config: Mapping[str, Any]) -> tuple[LossFunction, np.ndarray]:
     from runner.data import hold_out
     from runner.schema import SCHEMAS
 
+    config = resolved(config)
     parts = {}
     for group in ("model", "data", "loss"):
         node = dict(config.get(group) or {})
@@ -383,11 +384,20 @@ def from_config(config: Mapping[str, Any]) -> tuple[LossFunction, np.ndarray]:
     return f, np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in init.values()])
 
 
+def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with its interpolations resolved (`data.seed: ${train.seed}` is the
+    run's seed)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.create(dict(config)), resolve=True)
+
+
 def problem_key(config: Mapping[str, Any]) -> str:
     """What makes two runs' losses the same function: their model, data and loss settings
     (and the seed that holds rows out, when rows are held out without a data seed)."""
     import json
 
+    config = resolved(config)
     key = {group: config.get(group) for group in ("model", "data", "loss")}
     data = config.get("data") or {}
     if data.get("val_fraction") and "seed" not in data:

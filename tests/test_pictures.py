@@ -228,6 +228,26 @@ def test_no_trajectories_when_the_jobs_solve_different_problems(tmp_path):
     assert "lr" not in pd.read_csv(tmp_path / "summary.csv").columns  # no optimizer swept
 
 
+def test_a_two_parameter_sweep_draws_every_path_on_one_contour(tmp_path):
+    # synthetic data saved as `seed: ${train.seed}`: resolved before the data is rebuilt
+    fixed = ("model=linear", "data=synthetic", "data.n_features=1", "train.steps=8",
+             "log.tensorboard=false")  # fmt: skip
+    make_sweep(tmp_path, ["optimizer.lr=0.02"], ["optimizer.lr=0.1"], fixed=fixed)
+    report.write_report(tmp_path, out=io.StringIO())
+    assert pixels(tmp_path / "trajectories.png").shape[1] == 700
+    jobs = report.collect_jobs(tmp_path)
+    fig = report.trajectories(jobs, ["0.02", "0.1"], "t")
+    ax = fig.axes[0]
+    paths = [line for line in ax.get_lines() if line.get_label() in ("0.02", "0.1")]
+    for job, line in zip(jobs, paths, strict=True):
+        np.testing.assert_allclose(line.get_xdata()[1:], job.metrics["param/weight"])
+        np.testing.assert_allclose(line.get_ydata()[1:], job.metrics["param/bias"])
+    # a seed sweep on that data is a different problem per job: no shared picture
+    seeds = tmp_path / "seeds"
+    make_sweep(seeds, ["train.seed=0"], ["train.seed=1"], fixed=fixed)
+    assert report.trajectories(report.collect_jobs(seeds), ["0", "1"], "t") is None
+
+
 # --- seeds ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
