@@ -342,6 +342,61 @@ def measure_clipped(settings: Settings, work: Path) -> dict[str, dict[str, Any]]
     }
 
 
+def measure_mlflow(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """Per-step time of the optim loop fully logged with log.mlflow=true (to a SQLite store in
+    `work`), against the same run without it. Each side is the wall time of the whole run(),
+    sinks opened and closed included: MLflow's rows mostly go out when the run ends."""
+    steps, fast = settings.steps, settings.mode == "fast"
+    name = "step/optim/mlflow_cost"
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        return {name: {"status": "skipped: mlflow not installed (pip install 'runner[mlflow]')"}}
+    work.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    # an experiment of its own, so that MLflow's artifacts stay in `work`
+    experiment = MlflowClient(uri).create_experiment(
+        "benchmark", artifact_location=(work / "artifacts").as_uri()
+    )
+    base = [*LOOP_OVERRIDES["optim"], *LOGGING_FULL]
+    with_mlflow = [*base, "log.mlflow=true", f"log.mlflow_uri={uri}"]
+    composed = compose_runs(
+        {
+            "off": [*base, f"train.steps={steps}"],
+            "on": [*with_mlflow, f"train.steps={steps}"],
+            "off_warm": [*base, "train.steps=5"],
+            "on_warm": [*with_mlflow, "train.steps=5"],
+        }
+    )
+    out_dirs = (work / f"run{i}" for i in range(1_000_000))
+
+    def seconds_per_step(kind: str, n: int) -> float:
+        run_cfg = composed[kind]
+        start = time.perf_counter()
+        summary = run(run_cfg.cfg, next(out_dirs), run_cfg.overrides, run_cfg.choices)
+        if summary["status"] != "completed":
+            raise RuntimeError(f"{run_cfg.overrides}: {summary['status']}")
+        return (time.perf_counter() - start) / n
+
+    previous = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
+    try:
+        for kind in ("off_warm", "on_warm"):  # untimed: MLflow's imports and first calls
+            seconds_per_step(kind, 5)
+        off, on = [], []
+        for _ in range(settings.reps):
+            off.append(seconds_per_step("off", steps))
+            on.append(seconds_per_step("on", steps))
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID")
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = previous
+    on_label = f"runner {' '.join(with_mlflow[:-1])} (SQLite), {steps} steps, whole run"
+    off_label = f"runner {' '.join(base)}, {steps} steps, whole run"
+    return {name: measurement("s/step", on_label, on, off_label, off, None, fast)}
+
+
 # -- whole processes ------------------------------------------------------------------------
 
 
@@ -591,6 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measurements = {
             **measure_steps(settings, work / "steps"),
             **measure_clipped(settings, work / "clipped"),
+            **measure_mlflow(settings, work / "mlflow"),
             **measure_startup(settings, work / "startup"),
             **measure_sweep(settings, work / "sweep"),
             **measure_long_sweeps(settings, work / "long_sweep"),

@@ -48,6 +48,7 @@ def report_interrupted_sweep() -> None:
     if _SWEEP_UNDER_WAY:
         sweep_dir = _SWEEP_UNDER_WAY.pop()
         _report({"hydra": {"sweep": {"dir": sweep_dir}}})
+    MlflowSweep.end_interrupted()
 
 
 def _report(config: Any) -> None:
@@ -81,6 +82,58 @@ class FailedJobs(Callback):
         statuses = job_statuses(sweep_dir, sweep_ended=True)
         if any(status not in ("completed", "diverged") for status in statuses):
             note_failed_job(first_exit_code(sweep_dir))
+
+
+class MlflowSweep(Callback):
+    """With log.mlflow=true, a sweep is one MLflow parent run with a child run per job: the
+    parent is started before any job (runner.sinks.mlflow_sink names it to the jobs, in this
+    process or a launcher's workers, by environment) and ended after the sweep report, with
+    its files: FINISHED when every job completed or diverged, KILLED when a signal ended the
+    sweep, else FAILED. Listed before sweep_report: Hydra ends callbacks in reverse order."""
+
+    _under_way: tuple[str, Path, str | None] | None = None  # run id, sweep dir, tracking URI
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.log.get("mlflow"):
+            return
+        from runner.sinks import mlflow_sink
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        uri = config.log.mlflow_uri
+        mlflow_sink.check_installed()
+        run_id = mlflow_sink.start_sweep_run(sweep_dir, uri, resume=bool(config.train.resume))
+        os.environ[mlflow_sink.PARENT_RUN_ENV] = run_id
+        MlflowSweep._under_way = (run_id, sweep_dir, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if MlflowSweep._under_way is None:
+            return
+        from runner.report import job_statuses
+
+        sweep_dir = MlflowSweep._under_way[1]
+        statuses = job_statuses(sweep_dir, sweep_ended=True)
+        ok = all(status in ("completed", "diverged") for status in statuses)
+        MlflowSweep._end("FINISHED" if ok else "FAILED")
+
+    @staticmethod
+    def end_interrupted() -> None:
+        """Ends the parent run of a sweep that a signal ended (no on_multirun_end comes)."""
+        MlflowSweep._end("KILLED")
+
+    @staticmethod
+    def _end(status: str) -> None:
+        under_way, MlflowSweep._under_way = MlflowSweep._under_way, None
+        if under_way is None:
+            return
+        from runner.sinks import mlflow_sink
+
+        os.environ.pop(mlflow_sink.PARENT_RUN_ENV, None)
+        run_id, sweep_dir, uri = under_way
+        try:
+            mlflow_sink.end_sweep_run(run_id, sweep_dir, uri, status)
+        except Exception as err:  # the jobs' runs are logged; only the parent's end is missing
+            message = " ".join(str(err).split()) or type(err).__name__
+            _warn(f"MLflow parent run {run_id} not ended: {message}")
 
 
 class NewRunDirectory(Callback):

@@ -75,6 +75,9 @@ class Check:
     graph: dict[str, list[str]]  # parameter -> grad_fn names from the loss to its leaf
     jacobian: dict[str, np.ndarray]  # parameter -> d predictions / d parameter, (N, *shape)
     shapes: list[str] = field(default_factory=list)  # hand gradients not of their parameter's shape
+    # False for a model without a hand-derived gradient (model=module): then autograd's stands
+    # in its place, and only autograd vs finite differences is checked
+    hand: bool = True
 
     def failures(self) -> list[str]:
         """One phrase per gap beyond its limit (NaN is beyond any)."""
@@ -83,13 +86,21 @@ class Check:
             found.append(
                 f"loss value: hand vs autograd rel {self.value.rel:.3g} > {AUTOGRAD_RTOL:g}"
             )
-        for name, gap in self.autograd.items():
+        for name, gap in self.autograd.items() if self.hand else ():
             if not gap.rel <= AUTOGRAD_RTOL:
                 found.append(f"{name}: hand vs autograd rel {gap.rel:.3g} > {AUTOGRAD_RTOL:g}")
         for name, gap in self.finite.items():
             if not gap.rel <= FD_RTOL:
-                found.append(f"{name}: hand vs finite differences rel {gap.rel:.3g} > {FD_RTOL:g}")
+                found.append(
+                    f"{name}: {self.reference} vs finite differences rel {gap.rel:.3g} "
+                    f"> {FD_RTOL:g}"
+                )
         return found
+
+    @property
+    def reference(self) -> str:
+        """The gradient the finite differences are compared with."""
+        return "hand" if self.hand else "autograd"
 
 
 def check(cfg: DictConfig, points: int) -> Check:
@@ -111,14 +122,17 @@ def check(cfg: DictConfig, points: int) -> Check:
     autograd_gaps = {k: Gap(0.0, 0.0) for k in init}
     finite_gaps = dict(autograd_gaps)
     shapes = set()
+    by_hand = getattr(model, "hand_gradient", True)
     for params in at:
-        value, hand = hand_value_and_grad(model, loss, params, x, y)
+        torch_value, auto = autograd_value_and_grad(model, loss, params, x, y)
+        value, hand = (
+            hand_value_and_grad(model, loss, params, x, y) if by_hand else (torch_value, auto)
+        )
         shapes |= {
             f"{k}: hand gradient of shape {np.shape(hand[k])}, the parameter's is {v.shape}"
             for k, v in params.items()
             if np.shape(hand[k]) != v.shape
         }
-        torch_value, auto = autograd_value_and_grad(model, loss, params, x, y)
         numeric = finite_differences(model, loss, params, x, y)
         value_gap = value_gap.worst(Gap.between(value, torch_value))
         for k in init:
@@ -133,6 +147,7 @@ def check(cfg: DictConfig, points: int) -> Check:
         graph=loss_graph(model, loss, init, x, y),
         jacobian=prediction_jacobian(model, init, x),
         shapes=sorted(shapes),
+        hand=by_hand,
     )
 
 
@@ -237,14 +252,23 @@ def report(result: Check, choices: Mapping[str, str], seed: int, max_elements: i
         f"(numpy default_rng(train.seed={seed}))",
         f"finite differences: central, h = {FD_STEP:g} * max(1, |p|)",
         "",
-        f"{'':<14}{'hand vs autograd':<24}hand vs finite differences",
+    ]
+    if not result.hand:
+        lines[-1:-1] = [
+            f"hand: none, model={choices.get('model')} has no hand-derived gradient (the numpy "
+            "loop cannot train it); autograd is checked against finite differences"
+        ]
+    lines += [
+        f"{'':<14}{'hand vs autograd':<24}{result.reference} vs finite differences",
         f"{'parameter':<14}{'max abs':<12}{'max rel':<12}{'max abs':<12}max rel",
     ]
     for name, gap in result.autograd.items():
         fd = result.finite[name]
-        lines.append(f"{name:<14}{gap.abs:<12.3g}{gap.rel:<12.3g}{fd.abs:<12.3g}{fd.rel:.3g}")
+        auto = f"{gap.abs:<12.3g}{gap.rel:<12.3g}" if result.hand else f"{'-':<12}{'-':<12}"
+        lines.append(f"{name:<14}{auto}{fd.abs:<12.3g}{fd.rel:.3g}")
     value = result.value
-    lines.append(f"{'(loss value)':<14}{value.abs:<12.3g}{value.rel:.3g}")
+    if result.hand:
+        lines.append(f"{'(loss value)':<14}{value.abs:<12.3g}{value.rel:.3g}")
     lines.append(f"{'limit':<14}{'':<12}{AUTOGRAD_RTOL:<12g}{'':<12}{FD_RTOL:g}")
     lines += ["", "autograd graph (loss.grad_fn, along next_functions, to each parameter):"]
     lines += [f"  {name}: {' -> '.join(path)}" for name, path in result.graph.items()]
@@ -263,6 +287,8 @@ def report(result: Check, choices: Mapping[str, str], seed: int, max_elements: i
     lines.append("")
     if failures:
         lines.append("FAILED: " + "; ".join(failures))
+    elif not result.hand:
+        lines.append(f"ok: autograd agrees with finite differences (rel <= {FD_RTOL:g})")
     else:
         lines.append(
             f"ok: hand-derived gradients agree with autograd (rel <= {AUTOGRAD_RTOL:g}) and "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import string
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -12,7 +13,7 @@ from typing import NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner import schema
 from runner.errors import ConfigError, describe_error
@@ -171,6 +172,31 @@ def _pair_sweeper_with_launcher(argv: list[str]) -> None:
     argv.append("hydra/sweeper=runner")
 
 
+def _print_help(argv: list[str]) -> bool:
+    """`runner [OVERRIDES] --help`: prints the app's help as Hydra would, and says whether it did.
+
+    Hydra fills every placeholder its help template may use, whatever the template uses; the
+    group listing alone builds a config repository (a deep copy of every schema) per option:
+    2 s of CPU for each --help. The runner's template lists the groups itself and uses only
+    $CONFIG, so the config is composed once and put in. A template that asks for more (set with
+    hydra.help.template=...) and Hydra's other flags go to Hydra as before."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    if not args.help or args.hydra_help or args.config_path or args.config_dir:
+        return False
+    if args.config_name not in (None, "config"):
+        return False
+    cfg = _compose(args.overrides)
+    template = string.Template(cfg.hydra.help.template)
+    if set(template.get_identifiers()) - {"CONFIG"}:
+        return False
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(template.substitute(CONFIG=OmegaConf.to_yaml(cfg, resolve=args.resolve)), flush=True)
+    return True
+
+
 def _register_plugins() -> None:
     # Hydra's plugin scan (pkgutil) cannot see packages that an editable install serves through
     # its import finder, so the project's own plugins are registered by hand as well.
@@ -207,6 +233,8 @@ def cli() -> int:
         overrides, multirun = check_command_line(sys.argv[1:])
         if multirun:
             os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(overrides))
+        if _print_help(sys.argv[1:]):
+            return 0
         check_run_dir(overrides, multirun)
         _task()
     except BrokenPipeError:  # `runner --help | head -1`: the reader left before the end

@@ -68,7 +68,7 @@ class RunModel:
     ) -> None:
         self.model, self.params, self.dtype, self.loop = model, params, dtype, loop
         self.data = data  # the run's data config: a CSV run's feature columns
-        self.n_features = _n_features(params)
+        self.n_features = _n_features(params, model)
 
     @classmethod
     def load(cls, run_dir: Path, best: bool = False) -> RunModel:
@@ -138,13 +138,20 @@ def _model(node: Any, config: Path) -> Any:
         known = ", ".join(sorted(schemas))
         raise PredictError(f"{config}: model._target_: {target!r} is not one of {known}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schemas[target]), node)
+        # resolved in the run's config first: a key may follow another (model.seed: train.seed)
+        values = OmegaConf.to_container(node, resolve=True)
+        merged = OmegaConf.merge(OmegaConf.structured(schemas[target]), values)
     except Exception as err:
         raise PredictError(f"{config}: model: {_first_line(err)}") from None
     return instantiate(merged)
 
 
-def _n_features(params: dict[str, np.ndarray]) -> int:
+def _n_features(params: dict[str, np.ndarray], model: Any) -> int:
+    if hasattr(model, "n_features"):  # model=module: parameters of its own names
+        found = model.n_features(params)
+        if found is None:
+            raise PredictError("the run's module has no 2-D parameter that gives its input width")
+        return found
     weight = params.get("weight")
     if weight is None:
         raise PredictError("the run's parameters have no weight")

@@ -591,7 +591,7 @@ def build_problem(
     if not all(np.isfinite(v).all() for v in init.values()):
         raise ConfigError(
             "model.init",
-            cfg.model.init,
+            cfg.model.get("init"),
             f"a finite number that {dtype} holds (|init| <= {np.finfo(dtype).max:.3g}), or null",
         )
     batches = BatchSchedule(len(data.y), train.batch_size, train.seed)
@@ -860,6 +860,20 @@ def open_sinks(
         sinks.append(LandscapeSink(out_dir, layout, f, init, writer, resume_at))
     if tensorboard is not None:
         sinks.append(tensorboard)
+    if log.mlflow:  # last: it uploads the files the sinks before it have closed
+        from runner.sinks.mlflow_sink import MlflowSink
+
+        sinks.append(
+            MlflowSink(
+                out_dir,
+                layout,
+                OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                dtype,
+                log.mlflow_uri,
+                overrides,
+                resume_at,
+            )
+        )
     return sinks
 
 

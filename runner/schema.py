@@ -51,6 +51,16 @@ class LinearModelConf:
     bias: bool = True
 
 
+@dataclass
+class UserModuleConf:
+    _target_: str = "runner.user_module.UserModule"
+    # imported and checked by runner.user_module (an nn.Module subclass), never by Hydra
+    target: str = MISSING  # the dotted path of your nn.Module subclass: tinynet.TinyMLP
+    kwargs: Any = None  # a mapping, passed to its constructor: {hidden: 8}
+    seed: int = II("train.seed")  # torch.manual_seed before the module is built
+    _recursive_: bool = False  # kwargs are the user's values, never configs to build
+
+
 # --- data ----------------------------------------------------------------------------------
 @dataclass
 class SeedLineConf:
@@ -195,6 +205,8 @@ class LogConf:
     flush_secs: float = 1.0  # logged rows reach the disk at most this long after their step
     progress: bool = True  # a tqdm bar, shown only on a terminal
     landscape: bool = True  # landscape.png: the loss around the path, after training
+    mlflow: bool = False  # an MLflow run too (optional extra: pip install 'runner[mlflow]')
+    mlflow_uri: str | None = None  # tracking URI; null: MLflow's own (MLFLOW_TRACKING_URI)
 
 
 @dataclass
@@ -211,7 +223,7 @@ class RunConf:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf},
+    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf, "module": UserModuleConf},
     "data": {
         "seed_line": SeedLineConf,
         "points": PointsConf,
@@ -333,12 +345,24 @@ def validate(cfg: DictConfig, loop_name: str) -> None:
     _at_least(log.max_elements, 1, "log.max_elements")
     if not log.flush_secs >= 0:
         raise ConfigError("log.flush_secs", log.flush_secs, "a number of seconds >= 0")
+    if log.mlflow:
+        from runner.sinks.mlflow_sink import check_installed
+
+        check_installed()
 
     if "delta" in cfg.loss and not cfg.loss.delta > 0:
         raise ConfigError("loss.delta", cfg.loss.delta, "a number > 0 (Huber's threshold)")
 
     # The optimizer's and the scheduler's own ranges are checked where they are built
     # (runner.build.build_optimizer, build_scheduler).
+    if not getattr(get_class(cfg.model._target_), "hand_gradient", True) and loop_name == "numpy":
+        raise ConfigError(
+            "loop",
+            loop_name,
+            "autograd or optim with model=module (the numpy loop needs hand-written "
+            "gradients, which a user's module does not have)",
+        )
+
     rule = get_class(cfg.optimizer._target_)
     if not rule.manual and loop_name != "optim":
         raise ConfigError(

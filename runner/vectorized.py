@@ -101,6 +101,8 @@ def _vectorized_configs(
         return None, f"loop={loop_name} (only {' and '.join(VECTORIZED_LOOPS)} vectorize)"
     from hydra.utils import get_class
 
+    if not getattr(get_class(first.model._target_), "vectorizes", True):
+        return None, "model=module (a user's module trains job by job: vmap may not take it)"
     rule = get_class(first.optimizer._target_)
     if not getattr(rule, "manual", False):  # LBFGS: each step re-evaluates the loss, per job
         return None, f"optimizer {rule.__name__} (its steps evaluate each job's loss apart)"

@@ -33,6 +33,7 @@ MEASURED = {
     "step/optim/logging_cost": 1.25,
     "step/optim/scheduled": None,
     "step/optim/clip_grad_norm": 1.10,
+    "step/optim/mlflow_cost": None,
     "startup/numpy_vs_optim": 0.35,
     "startup/optim_vs_import_torch": 1.3,
     "startup/autograd_vs_import_torch": 1.3,

@@ -133,6 +133,35 @@ def test_help_names_every_console_script(tmp_path):
     assert "train.resume=true" in more and "tensorboard --logdir" in more
 
 
+def test_help_is_hydras_own_text(tmp_path, monkeypatch):
+    # The runner prints the help itself (composing once); Hydra's own path must agree with it.
+    from runner import cli
+
+    args = ["optimizer=adam", "--help", "--resolve"]
+    ours = cli_in_process(*args, cwd=tmp_path)
+    monkeypatch.setattr(cli, "_print_help", lambda argv: False)
+    hydras = cli_in_process(*args, cwd=tmp_path)
+    assert ours.returncode == hydras.returncode == 0, ours.stderr + hydras.stderr
+    assert ours.stdout == hydras.stdout
+    assert "optimizer:" in ours.stdout and "betas:" in ours.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help", "hydra.help.template=groups: $APP_CONFIG_GROUPS"],  # Hydra fills it
+        ["--hydra-help"],
+        ["--help", "--config-name", "other"],
+        ["train.steps=3"],
+    ],
+)
+def test_help_goes_to_hydra_where_the_runner_cannot_print_it(argv, capsys):
+    from runner.cli import _print_help
+
+    assert _print_help(argv) is False
+    assert capsys.readouterr().out == ""
+
+
 def test_version_is_the_runners(tmp_path):
     from importlib.metadata import version
 

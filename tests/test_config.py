@@ -14,7 +14,7 @@ from runner.schema import SCHEMAS
 from tests.helpers import compose_config
 
 OPTIONS = {
-    "model": ["scalar", "linear"],
+    "model": ["scalar", "linear", "module"],
     "data": ["seed_line", "points", "synthetic", "csv"],
     "loss": ["mse", "l1", "huber"],
     "optimizer": [
@@ -46,6 +46,7 @@ OPTIONS = {
 }
 NEEDS = {  # what an option needs besides itself to make a runnable experiment
     "points": ["data.x=[1,2,3]", "data.y=[2,4,6]"],
+    "module": ["model.target=tests.user_modules.TinyMLP"],
     "lbfgs": ["loop=optim"],
     "step": ["scheduler.step_size=2"],
     "multistep": ["scheduler.milestones=[2,4]"],

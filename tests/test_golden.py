@@ -153,19 +153,24 @@ def timeless_summary(path: Path) -> dict:
     return summary
 
 
+# Keys added to the config after the recording, at their defaults, as .hydra/config.yaml
+# writes them: they change no output, so a job's config is compared without them.
+NEWER_KEYS_AT_DEFAULTS = "  landscape: true\n  mlflow: false\n  mlflow_uri: null\n"
+
+
+def without_newer_keys(config_yaml: str) -> str:
+    assert NEWER_KEYS_AT_DEFAULTS in config_yaml, "the recorded sweeps leave log.mlflow off"
+    return config_yaml.replace(NEWER_KEYS_AT_DEFAULTS, "", 1)
+
+
 def listing(directory: Path) -> list[str]:
     """Every file a run wrote, relative to its directory (contents aside, this is what it wrote)."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
 
 
-# What runs gained after the sweeps were recorded, left out of their recorded form: each job's
-# landscape.png and the key that turns it off. Every recorded byte is still compared.
+# What runs gained after the sweeps were recorded, left out of their recorded form with the
+# keys above: each job's landscape.png. Every recorded byte is still compared.
 NEWER_FILES = ("landscape.png",)
-NEWER_KEYS = ("  landscape: true",)
-
-
-def without_lines(text: str, lines: tuple[str, ...]) -> str:
-    return "".join(line for line in text.splitlines(keepends=True) if line.rstrip() not in lines)
 
 
 def without_column(table: bytes, column: str) -> bytes:
@@ -269,7 +274,7 @@ def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
         jobs[job.name] = {
             "files": [f for f in listing(job) if f not in NEWER_FILES],
             "summary": timeless_summary(job / "summary.json"),
-            "config.yaml": without_lines((job / ".hydra" / "config.yaml").read_text(), NEWER_KEYS),
+            "config.yaml": without_newer_keys((job / ".hydra" / "config.yaml").read_text()),
             "overrides.yaml": (job / ".hydra" / "overrides.yaml").read_text(),
         }
     files["jobs.json"] = dumps(jobs).encode()

@@ -135,15 +135,19 @@ def scalars_layout(columns: Sequence[str]) -> dict[str, dict[str, list[str]]]:
 
 def config_text(config: Mapping[str, Any], hparams: HParams | None = None) -> str:
     """The resolved config as YAML, without `_target_` keys (which class builds a part is the
-    code's business), under a comment naming the option picked in each config group."""
+    code's business, and so is model=module's `_recursive_`), under a comment naming the option
+    picked in each config group."""
     text = OmegaConf.to_yaml(_without_targets(config))
     picked = [f"{g}: {hparams.values[g]}" for g in GROUPS if hparams and g in hparams.values]
     return f"# {', '.join(picked)}\n{text}" if picked else text
 
 
+_BUILD_KEYS = ("_target_", "_recursive_")
+
+
 def _without_targets(node: Any) -> Any:
     if isinstance(node, Mapping):
-        return {k: _without_targets(v) for k, v in node.items() if k != "_target_"}
+        return {k: _without_targets(v) for k, v in node.items() if k not in _BUILD_KEYS}
     if isinstance(node, list):
         return [_without_targets(v) for v in node]
     return node
