@@ -159,6 +159,36 @@ def bare_optim_clipped(steps: int) -> tuple[float, float, float]:
     return time.perf_counter() - start, model.weight.item(), loss.item()
 
 
+# The MLP row: experiment=tanh_mlp (1 -> 16 -> 1, tanh, sin(x) on 25 points of [-3, 3]) with
+# plain SGD, so the bare loop's update is one line per parameter.
+MLP_RUN = ["experiment=tanh_mlp", "optimizer=sgd", "optimizer.lr=0.05"]
+
+
+def bare_numpy_mlp(steps: int, seed: int = 0) -> tuple[float, float]:
+    """A hand-written NumPy MLP, 1 -> 16 -> 1 with tanh, MSE and SGD lr 0.05 on the tanh_mlp
+    preset's points, from nn.Linear's init drawn as the runner draws it (default_rng(seed),
+    layer by layer, weight before bias): (seconds for `steps` steps, loss of the last step)."""
+    x = np.round(np.linspace(-3, 3, 25), 2).astype(np.float32)[:, None]  # (N, 1)
+    y = np.round(np.sin(x[:, 0].astype(np.float64)), 4).astype(np.float32)  # (N,)
+    rng = np.random.default_rng(seed)
+    w1 = rng.uniform(-1, 1, (16, 1)).astype(np.float32)  # bound 1/sqrt(fan_in = 1)
+    b1 = rng.uniform(-1, 1, 16).astype(np.float32)
+    w2 = rng.uniform(-0.25, 0.25, (1, 16)).astype(np.float32)  # 1/sqrt(16)
+    b2 = rng.uniform(-0.25, 0.25, 1).astype(np.float32)
+    lr, n = np.float32(0.05), len(y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        h = np.tanh(x @ w1.T + b1)  # (N, 16)
+        err = (h @ w2.T + b2)[:, 0] - y  # (N,)
+        loss = np.mean(err**2)
+        dpred = (2 / n) * err
+        dw2, db2 = dpred[None, :] @ h, dpred.sum(keepdims=True)
+        dz = (dpred[:, None] @ w2) * (1 - h * h)  # back through the output layer and tanh
+        dw1, db1 = dz.T @ x, dz.sum(axis=0)
+        w1, b1, w2, b2 = w1 - lr * dw1, b1 - lr * db1, w2 - lr * dw2, b2 - lr * db2
+    return time.perf_counter() - start, float(loss)
+
+
 BARE: dict[str, Callable[[int], tuple[float, float, float]]] = {
     "numpy": bare_numpy,
     "autograd": bare_autograd,
@@ -338,6 +368,34 @@ def measure_clipped(settings: Settings, work: Path) -> dict[str, dict[str, Any]]
     return {
         "step/optim/clip_grad_norm": measurement(
             "s/step", label, runner, bare_label, bare, TARGET_RUNNER_VS_BARE, fast
+        )
+    }
+
+
+def measure_mlp(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
+    """Per-step time of `loop=numpy` on the MLP (logging off), against the bare NumPy MLP."""
+    steps, fast = settings.steps, settings.mode == "fast"
+    args = [*MLP_RUN, "loop=numpy", *LOGGING_OFF]
+    composed = compose_runs(
+        {"run": [*args, f"train.steps={steps}"], "warm": [*args, "train.steps=5"]}
+    )
+    out_dirs = (work / f"run{i}" for i in range(1_000_000))
+    bare_numpy_mlp(50)  # untimed, as in measure_steps
+    runner_seconds_per_step(composed["warm"], next(out_dirs), 5)
+    bare, runner = [], []
+    for _ in range(settings.reps):
+        bare.append(bare_numpy_mlp(steps)[0] / steps)
+        runner.append(runner_seconds_per_step(composed["run"], next(out_dirs), steps))
+    label = f"runner {' '.join([*args, f'train.steps={steps}'])}"
+    return {
+        "step/numpy/mlp": measurement(
+            "s/step",
+            label,
+            runner,
+            f"bare NumPy MLP loop, {steps} steps",
+            bare,
+            TARGET_RUNNER_VS_BARE,
+            fast,
         )
     }
 
@@ -646,6 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measurements = {
             **measure_steps(settings, work / "steps"),
             **measure_clipped(settings, work / "clipped"),
+            **measure_mlp(settings, work / "mlp"),
             **measure_mlflow(settings, work / "mlflow"),
             **measure_startup(settings, work / "startup"),
             **measure_sweep(settings, work / "sweep"),

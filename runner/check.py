@@ -78,6 +78,7 @@ class Check:
     # False for a model without a hand-derived gradient (model=module): then autograd's stands
     # in its place, and only autograd vs finite differences is checked
     hand: bool = True
+    predictions: tuple[int, ...] = ()  # the predictions' shape: (N,), or (N, O) for O outputs
 
     def failures(self) -> list[str]:
         """One phrase per gap beyond its limit (NaN is beyond any)."""
@@ -138,6 +139,7 @@ def check(cfg: DictConfig, points: int) -> Check:
         for k in init:
             autograd_gaps[k] = autograd_gaps[k].worst(Gap.between(hand[k], auto[k]))
             finite_gaps[k] = finite_gaps[k].worst(Gap.between(hand[k], numeric[k]))
+    jacobian = prediction_jacobian(model, init, x)
     return Check(
         points=len(at),
         rows=len(y),
@@ -145,10 +147,17 @@ def check(cfg: DictConfig, points: int) -> Check:
         autograd=autograd_gaps,
         finite=finite_gaps,
         graph=loss_graph(model, loss, init, x, y),
-        jacobian=prediction_jacobian(model, init, x),
+        jacobian=jacobian,
         shapes=sorted(shapes),
         hand=by_hand,
+        predictions=_prediction_shape(jacobian, init),
     )
+
+
+def _prediction_shape(jacobian: Mapping[str, np.ndarray], params: Params) -> tuple[int, ...]:
+    """The predictions' shape: a Jacobian's (N, ..., *shape) without its parameter's shape."""
+    name, jac = next(iter(jacobian.items()), (None, None))
+    return () if jac is None else jac.shape[: jac.ndim - np.ndim(params[name])]
 
 
 def hand_value_and_grad(model: Any, loss: Any, params: Params, x: np.ndarray, y: np.ndarray):
@@ -272,7 +281,7 @@ def report(result: Check, choices: Mapping[str, str], seed: int, max_elements: i
     lines.append(f"{'limit':<14}{'':<12}{AUTOGRAD_RTOL:<12g}{'':<12}{FD_RTOL:g}")
     lines += ["", "autograd graph (loss.grad_fn, along next_functions, to each parameter):"]
     lines += [f"  {name}: {' -> '.join(path)}" for name, path in result.graph.items()]
-    shape = next(iter(result.jacobian.values())).shape[:1] if result.jacobian else ()
+    shape = result.predictions
     lines += ["", f"Jacobian of the predictions (shape {shape}) at the initial parameters:"]
     for name, jac in result.jacobian.items():
         if jac.size <= max_elements:

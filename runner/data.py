@@ -1,6 +1,8 @@
 """Data sets as plain float64 arrays shared by all loops, and the mini-batch schedule.
 
-Every loader returns a `Dataset` with x of shape (N, F) and y of shape (N,), checked finite. The
+Every loader returns a `Dataset` with x of shape (N, F) and y of shape (N,) (or (N, O) for
+several outputs; class ids are whole numbers, with `n_classes` when the source knows it), checked
+finite. The
 batch schedule is a pure function of (seed, step), so every loop sees the same batches in the
 same order, and a resumed run can pick up at any step without replaying a random stream.
 """
@@ -21,7 +23,8 @@ from runner.errors import ConfigError, show
 @dataclass(frozen=True)
 class Dataset:
     x: np.ndarray  # (N, F) float64
-    y: np.ndarray  # (N,) float64
+    y: np.ndarray  # (N,) or (N, O) float64
+    n_classes: int | None = None  # class ids 0..n_classes-1 in y, when the source says so
 
     @property
     def n_features(self) -> int:
@@ -35,27 +38,47 @@ def seed_line() -> Dataset:
 
 
 def points(x: Any, y: Any) -> Dataset:
-    """Inline data: `x` a list of numbers (one feature) or a list of equal-length rows."""
+    """Inline data: `x` a list of numbers (one feature) or a list of equal-length rows; `y` a
+    list of numbers, or of equal-length rows for a model with several outputs."""
     xs = _numeric_array(x, "data.x", "a list of numbers or a list of equal-length rows")
-    ys = _numeric_array(y, "data.y", "a list of numbers")
+    ys = _numeric_array(y, "data.y", "a list of numbers or a list of equal-length rows")
     if xs.ndim == 1:
         xs = xs[:, None]
-    if xs.ndim != 2 or ys.ndim != 1:
+    if xs.ndim != 2 or ys.ndim not in (1, 2):
         key, value = ("data.x", x) if xs.ndim != 2 else ("data.y", y)
-        raise ConfigError(key, value, "a flat list of numbers, or (for x) a list of rows")
+        raise ConfigError(key, value, "a flat list of numbers, or a list of rows")
     if len(xs) != len(ys):
-        raise ConfigError(
-            "data.y", y, f"as many values as data.x has rows ({len(xs)}); got {len(ys)}"
+        raise ConfigError(  # the values as numbers, as a list[float] schema shows them
+            "data.y", ys.tolist(), f"as many values as data.x has rows ({len(xs)}); got {len(ys)}"
         )
     if len(ys) == 0:
         raise ConfigError("data.x", x, "at least one sample")
     return _checked(Dataset(xs, ys), "data.x/data.y")
 
 
+TASKS = ("regression", "classification")
+
+
 def synthetic(
-    n_samples: int, n_features: int, weight: Any, bias: float, noise: float, seed: int
+    n_samples: int,
+    n_features: int,
+    weight: Any,
+    bias: float,
+    noise: float,
+    seed: int,
+    task: str = "regression",
+    n_classes: int = 2,
 ) -> Dataset:
-    """y = x @ w + bias + noise * N(0, 1), with x ~ N(0, 1); all drawn from `seed`."""
+    """y = x @ w + bias + noise * N(0, 1), with x ~ N(0, 1); all drawn from `seed`.
+
+    task="classification": class ids from a linear rule. Two classes: 1 where
+    x @ w + bias + noise * N(0, 1) > 0, else 0. More: the argmax over the classes of
+    x @ W + noise * N(0, 1), with W (n_features, n_classes) ~ N(0, 1) drawn after x.
+    """
+    if task not in TASKS:
+        raise ConfigError("data.task", task, " | ".join(TASKS))
+    if task == "classification" and n_classes < 2:
+        raise ConfigError("data.n_classes", n_classes, "an integer >= 2")
     w = _numeric_array(weight, "data.weight", "a number or a list of n_features numbers")
     if w.ndim == 0:
         w = np.full(n_features, float(w))
@@ -65,8 +88,41 @@ def synthetic(
         )
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_samples, n_features))
+    if task == "classification" and n_classes > 2:
+        scores = x @ rng.standard_normal((n_features, n_classes))
+        y = np.argmax(scores + noise * rng.standard_normal(scores.shape), axis=1).astype(float)
+        return _checked(Dataset(x, y, n_classes), "data")
     y = x @ w + bias + noise * rng.standard_normal(n_samples)
+    if task == "classification":
+        return _checked(Dataset(x, (y > 0).astype(float), 2), "data")
     return _checked(Dataset(x, y), "data")
+
+
+# The loaders of scikit-learn's bundled toy data sets (files inside the package, no download).
+SKLEARN_LOADERS = {
+    "iris": lambda datasets: datasets.load_iris(),
+    "wine": lambda datasets: datasets.load_wine(),
+    "breast_cancer": lambda datasets: datasets.load_breast_cancer(),
+    "diabetes": lambda datasets: datasets.load_diabetes(),
+}
+
+
+def sklearn_dataset(name: str) -> Dataset:
+    """One of scikit-learn's toy data sets: features as they are; class ids for iris, wine and
+    breast_cancer (n_classes from the set), a number for diabetes."""
+    if name not in SKLEARN_LOADERS:
+        raise ConfigError("data.name", name, " | ".join(SKLEARN_LOADERS))
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise ConfigError(
+            "data", "sklearn", "scikit-learn installed: pip install 'runner[datasets]'"
+        ) from None
+    bunch = SKLEARN_LOADERS[name](datasets)
+    x, y = np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.float64)
+    names = getattr(bunch, "target_names", None)
+    n_classes = None if names is None else len(names)
+    return _checked(Dataset(x, y, n_classes), "data.name", name)
 
 
 def load_csv(path: str, target: str, features: list[str] | None = None) -> Dataset:
@@ -200,7 +256,10 @@ def hold_out(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datase
         )
     held = np.zeros(n, dtype=bool)
     held[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-    return Dataset(data.x[~held], data.y[~held]), Dataset(data.x[held], data.y[held])
+    return (
+        Dataset(data.x[~held], data.y[~held], data.n_classes),
+        Dataset(data.x[held], data.y[held], data.n_classes),
+    )
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,12 @@
 The run's directory says everything: `.hydra/config.yaml` the model, dtype and loop, and
 summary.json the final parameters (`params`) and those of the best monitored step
 (`best_params`, with `--best`). Each prediction is the run's own forward in its dtype: the
-model's NumPy forward for `loop=numpy`, its nn.Module for the torch loops. One number per line,
-in the order of the inputs. Bad input is one line on stderr and exit 2.
+model's NumPy forward for `loop=numpy`, its nn.Module for the torch loops. One line per input,
+in their order: the prediction (comma-separated for several outputs). A classification run
+prints class ids and probabilities instead: `loss=cross_entropy`, the class (argmax of the
+logits) and then each class's softmax probability; `loss=bce_logits`, each output's class (1
+where its logit is > 0) and then each output's probability of class 1 (the sigmoid). Bad input
+is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ class PredictError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="runner-predict",
-        description="Prints the trained model's prediction for each input, one per line.",
+        description=(
+            "Prints the trained model's prediction for each input, one per line; for a "
+            "classification run the class id(s) and then the probabilities."
+        ),
     )
     parser.add_argument("run_dir", type=Path, help="a run's directory (hydra.run.dir)")
     parser.add_argument(
@@ -55,9 +62,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runner-predict: error: {err}", file=sys.stderr)
         return 2
     scalar = np.dtype(run.dtype).type  # the shortest text that reads back in the run's dtype
+    if run.classifies is not None:
+        ids, probs = classified(predictions, run.classifies)
+        for row_ids, row_probs in zip(ids.tolist(), probs, strict=True):
+            print(",".join([*map(str, row_ids), *(str(scalar(v)) for v in row_probs)]))
+        return 0
     for value in predictions:
         print(",".join(str(scalar(v)) for v in np.atleast_1d(value)))
     return 0
+
+
+def classified(logits: np.ndarray, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids (N, k) int, probabilities (N, m) in the logits' dtype) of a classification
+    run's logits: cross_entropy (N, C) -> the argmax and the softmax over the C classes;
+    bce_logits (N,) or (N, O) -> per output, 1 where z > 0, and sigmoid(z)."""
+    if loss == "cross_entropy":
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return logits.argmax(axis=-1)[:, None], exp / exp.sum(axis=-1, keepdims=True)
+    z = logits.reshape(len(logits), -1)
+    e = np.exp(-np.abs(z))
+    probs = np.where(z >= 0, 1.0, e) / (1.0 + e)  # sigmoid without overflow
+    return (z > 0).astype(np.int64), probs.astype(logits.dtype)
 
 
 class RunModel:
@@ -69,6 +94,7 @@ class RunModel:
         self.model, self.params, self.dtype, self.loop = model, params, dtype, loop
         self.data = data  # the run's data config: a CSV run's feature columns
         self.n_features = _n_features(params, model)
+        self.classifies: str | None = None  # "bce_logits" | "cross_entropy": prints classes
 
     @classmethod
     def load(cls, run_dir: Path, best: bool = False) -> RunModel:
@@ -107,10 +133,13 @@ class RunModel:
             raise PredictError(
                 f"{run_dir / 'summary.json'}: {key}: not finite (the run diverged){hint}"
             )
-        return cls(_model(model_node, config), arrays, dtype, loop, cfg.get("data", {}))
+        run = cls(_model(model_node, config), arrays, dtype, loop, cfg.get("data", {}))
+        run.classifies = _classifying_loss(cfg.get("loss", {}))
+        return run
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predictions for the rows of x (N, F), in the run's dtype: (N,) or (N, outputs)."""
+        """Predictions for the rows of x (N, F), in the run's dtype: (N,) or (N, outputs) (the
+        logits, for a classification run)."""
         x = np.asarray(x, dtype=self.dtype)
         if self.loop == "numpy":
             out = self.model.forward(self.params, self.model.inputs(x), np)
@@ -146,13 +175,24 @@ def _model(node: Any, config: Path) -> Any:
     return instantiate(merged)
 
 
+def _classifying_loss(node: Any) -> str | None:
+    """The classification loss a run's loss config names (bce_logits, cross_entropy), or None."""
+    from runner.schema import SCHEMAS
+
+    target = node.get("_target_") if hasattr(node, "get") else None
+    names = {schema._target_: name for name, schema in SCHEMAS["loss"].items()}
+    name = names.get(target)
+    return name if name in ("bce_logits", "cross_entropy") else None
+
+
 def _n_features(params: dict[str, np.ndarray], model: Any) -> int:
     if hasattr(model, "n_features"):  # model=module: parameters of its own names
         found = model.n_features(params)
         if found is None:
             raise PredictError("the run's module has no 2-D parameter that gives its input width")
         return found
-    weight = params.get("weight")
+    # the first layer's weight: `weight`, or an MLP's `0.weight`
+    weight = next((v for k, v in params.items() if k.rpartition(".")[2] == "weight"), None)
     if weight is None:
         raise PredictError("the run's parameters have no weight")
     return 1 if weight.ndim == 0 else int(weight.shape[-1])

@@ -29,7 +29,8 @@ from runner.clipping import grad_clip
 from runner.data import BatchSchedule, hold_out
 from runner.device import resolve_device
 from runner.errors import ConfigError
-from runner.loops import VAL_LOSS, Problem
+from runner.loops import ACCURACY, VAL_ACCURACY, VAL_LOSS, Problem
+from runner.losses import check_targets
 from runner.metrics import Layout
 from runner.schema import LogConf, TrainConf, validate
 from runner.signals import Interrupted, StopSignals
@@ -528,6 +529,12 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
 
 # A setting a checkpoint predates (optimizer.maximize, say) at these values changes nothing.
 _OFF = (repr(False), repr(None))
+# ... nor these newer keys at the value every run before them had.
+_NEWER_KEYS = {
+    "model.out_features": repr(1),
+    "data.task": repr("regression"),
+    "data.n_classes": repr(2),
+}
 
 
 def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
@@ -537,7 +544,7 @@ def _check_same_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> No
     for key in sorted(set(before) | set(current)):
         if before.get(key) == current.get(key):
             continue
-        if key not in before and current[key] in _OFF:
+        if key not in before and (current[key] in _OFF or _NEWER_KEYS.get(key) == current[key]):
             continue  # a key newer than the checkpoint, at the value that leaves it off
         group = key.split(".")[0]
         was, is_now = saved.get("choices", {}).get(group), now["choices"].get(group)
@@ -570,14 +577,18 @@ def build_problem(
     jobs with update rules `rules` that differ only in their rates (default: the config's)."""
     parts = build_parts(cfg, rules[0] if rules else None)
     rules = rules or [parts["optimizer"]]
-    model = parts["model"]
+    model, loss = parts["model"], parts["loss"]
+    check_targets(
+        loss, parts["data"].y, getattr(model, "out_features", None), parts["data"].n_classes
+    )
     data, held_out = hold_out(
         parts["data"], cfg.data.val_fraction, cfg.data.get("seed", train.seed)
     )
     dtype = train.dtype.value
+    y_dtype = np.int64 if loss.class_targets else dtype  # class ids stay whole numbers
     with np.errstate(over="ignore"):
-        x, y = data.x.astype(dtype), data.y.astype(dtype)
-        val = None if held_out is None else (held_out.x.astype(dtype), held_out.y.astype(dtype))
+        x, y = data.x.astype(dtype), data.y.astype(y_dtype)
+        val = None if held_out is None else (held_out.x.astype(dtype), held_out.y.astype(y_dtype))
     if not all(np.isfinite(a).all() for a in (x, y, *(val or ()))):
         raise ConfigError(
             "train.dtype",
@@ -601,7 +612,7 @@ def build_problem(
         y=y,
         init=init,
         model=model,
-        loss=parts["loss"],
+        loss=loss,
         optimizer=parts["optimizer"],
         batches=batches,
         dtype=dtype,
@@ -687,6 +698,13 @@ class Tracker:
         self.best_loss = self.best_val_loss = math.inf
         # where val_loss sits in a host row, when the run holds rows out
         self.val_column = layout.row_index(VAL_LOSS) if VAL_LOSS in layout.extras else None
+        # accuracy and val_accuracy of a classification run: where they sit, and the best seen
+        self.accuracy_columns = {
+            name: layout.row_index(name)
+            for name in (ACCURACY, VAL_ACCURACY)
+            if name in layout.extras
+        }
+        self.best_accuracy = dict.fromkeys(self.accuracy_columns, -math.inf)
         self.best_value = math.inf  # of the monitored value
         self.best_step: int | None = None
         self.best_params: np.ndarray | None = None  # flat, float64
@@ -707,6 +725,10 @@ class Tracker:
             finite = rows[np.isfinite(rows[:, column]), column] if column is not None else ()
             if len(finite):
                 setattr(self, best, min(getattr(self, best), float(finite.min())))
+        for name, column in self.accuracy_columns.items():
+            finite = rows[np.isfinite(rows[:, column]), column]
+            if len(finite):
+                self.best_accuracy[name] = max(self.best_accuracy[name], float(finite.max()))
         self.steps_completed = int(steps[-1])
         self.last_row = rows[-1]
         logged = (steps % self.every == 0) | (steps == self.last_step) | (steps == self.diverged_at)
@@ -778,7 +800,11 @@ class Tracker:
             "best_step": self.best_step,
             "best_params": None if self.best_params is None else self.best_params.tolist(),
             "wait": self.wait,
-        }
+        } | (
+            {"best_accuracy": {k: _finite_or_none(v) for k, v in self.best_accuracy.items()}}
+            if self.best_accuracy
+            else {}
+        )
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.steps_completed = int(state["steps_completed"])
@@ -795,6 +821,8 @@ class Tracker:
         params = state["best_params"]
         self.best_params = None if params is None else np.array(params, dtype=np.float64)
         self.wait = int(state["wait"])
+        for name, value in state.get("best_accuracy", {}).items():
+            self.best_accuracy[name] = -math.inf if value is None else float(value)
 
     def results(self) -> dict[str, Any]:
         if self.last_row is None:
@@ -810,6 +838,10 @@ class Tracker:
         }
         if VAL_LOSS in self.layout.extras:
             results["best_val_loss"] = _finite_or_none(self.best_val_loss)
+        # final_accuracy, best_accuracy (and final_val_accuracy, best_val_accuracy)
+        for name, column in self.accuracy_columns.items():
+            results[f"final_{name}"] = _finite_or_none(float(self.last_row[column]))
+            results[f"best_{name}"] = _finite_or_none(self.best_accuracy[name])
         if self.best_params is not None:
             best = self.layout.tensors(np.concatenate([[0.0, 0.0], self.best_params]), "param")
             results["best_params"] = {k: v.tolist() for k, v in best.items()}

@@ -49,6 +49,17 @@ class LinearModelConf:
     _target_: str = "runner.models.LinearModel"
     init: float | None = None  # null: nn.Linear's default init, drawn from train.seed
     bias: bool = True
+    out_features: int = 1  # weight [out_features, n_features], bias [out_features]
+
+
+@dataclass
+class MLPModelConf:
+    _target_: str = "runner.models.MLPModel"
+    hidden: list[int] = field(default_factory=lambda: [16])  # widths of the hidden layers
+    activation: str = "tanh"  # tanh | relu | sigmoid, between the Linear layers
+    out_features: int = 1
+    bias: bool = True
+    init: float | None = None  # null: nn.Linear's default init per layer, drawn from train.seed
 
 
 @dataclass
@@ -72,7 +83,7 @@ class SeedLineConf:
 class PointsConf:
     _target_: str = "runner.data.points"
     x: Any = MISSING  # a list of numbers (one feature) or a list of rows
-    y: list[float] = MISSING
+    y: Any = MISSING  # a list of numbers, or a list of rows (one value per output)
     val_fraction: float = 0.0  # rows held out for val_loss, drawn from train.seed
 
 
@@ -86,6 +97,15 @@ class SyntheticConf:
     noise: float = 0.1  # standard deviation of the Gaussian noise added to y
     seed: int = II("train.seed")
     val_fraction: float = 0.0  # rows held out for val_loss, drawn from data.seed
+    task: str = "regression"  # regression | classification (labels from a linear rule)
+    n_classes: int = 2  # classification: class ids 0 .. n_classes-1
+
+
+@dataclass
+class SklearnConf:
+    _target_: str = "runner.data.sklearn_dataset"
+    name: str = "iris"  # iris | wine | breast_cancer | diabetes (optional extra `datasets`)
+    val_fraction: float = 0.0  # rows held out for val_loss, drawn from train.seed
 
 
 @dataclass
@@ -112,6 +132,16 @@ class L1Conf:
 class HuberConf:
     _target_: str = "runner.losses.Huber"
     delta: float = 1.0
+
+
+@dataclass
+class BCEWithLogitsConf:
+    _target_: str = "runner.losses.BCEWithLogits"
+
+
+@dataclass
+class CrossEntropyConf:
+    _target_: str = "runner.losses.CrossEntropy"
 
 
 # --- optimizer and scheduler: the rules' and schedules' own dataclasses are the schemas -----
@@ -223,14 +253,26 @@ class RunConf:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"scalar": ScalarModelConf, "linear": LinearModelConf, "module": UserModuleConf},
+    "model": {
+        "scalar": ScalarModelConf,
+        "linear": LinearModelConf,
+        "mlp": MLPModelConf,
+        "module": UserModuleConf,
+    },
     "data": {
         "seed_line": SeedLineConf,
         "points": PointsConf,
         "synthetic": SyntheticConf,
         "csv": CsvConf,
+        "sklearn": SklearnConf,
     },
-    "loss": {"mse": MSEConf, "l1": L1Conf, "huber": HuberConf},
+    "loss": {
+        "mse": MSEConf,
+        "l1": L1Conf,
+        "huber": HuberConf,
+        "bce_logits": BCEWithLogitsConf,
+        "cross_entropy": CrossEntropyConf,
+    },
     "optimizer": OPTIMIZER_SCHEMAS,
     "scheduler": SCHEDULER_SCHEMAS,
     "loop": {"loop": LoopConf},

@@ -33,6 +33,7 @@ MEASURED = {
     "step/optim/logging_cost": 1.25,
     "step/optim/scheduled": None,
     "step/optim/clip_grad_norm": 1.10,
+    "step/numpy/mlp": 1.10,
     "step/optim/mlflow_cost": None,
     "startup/numpy_vs_optim": 0.35,
     "startup/optim_vs_import_torch": 1.3,
@@ -175,3 +176,14 @@ def test_sweep_rates_are_distinct_and_stable(bench):
     rates = [float(r) for r in bench.sweep_rates(64)]
     assert len(set(rates)) == 64
     assert min(rates) > 0 and max(rates) < 2 / 15  # w*x on x = 1..4 diverges above 2/15
+
+
+def test_the_bare_mlp_trains_the_runners_mlp_problem(bench, tmp_path):
+    # the same points, initial values, loss and update: the runner's loss at every step count
+    from tests.helpers import train
+
+    for steps in (1, 40):
+        _, loss = bench.bare_numpy_mlp(steps)
+        summary, _ = train(tmp_path / str(steps), *bench.MLP_RUN, "loop=numpy",
+                           *bench.LOGGING_OFF, f"train.steps={steps}")  # fmt: skip
+        assert loss == pytest.approx(summary["final_loss"], rel=1e-5)

@@ -24,18 +24,36 @@ def run_check(capsys, *args: str) -> tuple[int, list[str], str]:
     return code, out.splitlines(), err
 
 
-def data_for(model: str) -> tuple[str, ...]:
-    # the scalar model takes one feature; the others get three
+def data_for(model: str, loss: str = "mse") -> tuple[str, ...]:
+    # the scalar model takes one feature; the others get three. The classification losses get
+    # class ids: two classes for bce_logits, three (and three logits) for cross_entropy.
     if model == "module":  # a user's module: a test helper's, built for three features
-        module = ("model.target=tests.user_modules.TinyMLP", "model.kwargs={n_features: 3}")
-        return (*module, "data=synthetic", "data.n_features=3")
-    return () if model == "scalar" else ("data=synthetic", "data.n_features=3")
+        classes = ("data.task=classification",) if loss in ("bce_logits", "cross_entropy") else ()
+        # cross_entropy: two logits for the two classes
+        target = "TwoOutputs" if loss == "cross_entropy" else "TinyMLP"
+        module = (f"model.target=tests.user_modules.{target}", "model.kwargs={n_features: 3}")
+        return (*module, "data=synthetic", "data.n_features=3", *classes)
+    features = () if model == "scalar" else ("data=synthetic", "data.n_features=3")
+    if loss == "bce_logits":
+        return ("data=synthetic", "data.task=classification", *features[1:])
+    if loss == "cross_entropy":
+        return (
+            "data=synthetic", "data.task=classification", "data.n_classes=3",
+            "data.n_features=3", "model.out_features=3",
+        )  # fmt: skip
+    return features
 
 
 @pytest.mark.parametrize("loss", group_options("loss"))
 @pytest.mark.parametrize("model", group_options("model"))
 def test_every_shipped_model_and_loss_passes(capsys, model, loss):
-    code, lines, err = run_check(capsys, f"model={model}", f"loss={loss}", *data_for(model))
+    if model == "scalar" and loss == "cross_entropy":  # one output cannot hold 3 logits
+        code, _, err = run_check(capsys, "model=scalar", "loss=cross_entropy", "data=points",
+                                 "data.x=[1,2,3]", "data.y=[0,1,2]")  # fmt: skip
+        assert code == 2
+        assert "model.out_features=1: expected 3, one logit per class" in err
+        return
+    code, lines, err = run_check(capsys, f"model={model}", f"loss={loss}", *data_for(model, loss))
     assert code == 0, "\n".join(lines) + err
     # a user's module has no hand-derived gradient: autograd against finite differences
     verdict = "ok: autograd agrees" if model == "module" else "ok: hand-derived gradients agree"
@@ -155,7 +173,7 @@ def test_random_points_move_the_scalar_weight(capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=foo"], "model=foo: expected one of linear, module, scalar"),
+        (["model=foo"], "model=foo: expected one of linear, mlp, module, scalar"),
         (["--points", "-1"], "--points=-1: expected an integer >= 0"),
         (["train.dtype=float16"], "train.dtype=float16: expected one of float32, float64"),
     ],

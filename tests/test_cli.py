@@ -17,7 +17,15 @@ import pytest
 from runner.overrides import GROUPS
 from tests.helpers import REPO, cli_in_process, run_cli, run_on_a_terminal
 
-PRESETS = ["numpy_gd", "autograd_gd", "optim_gd", "linear_regression", "quadratic_bowl"]
+PRESETS = [
+    "numpy_gd",
+    "autograd_gd",
+    "optim_gd",
+    "linear_regression",
+    "quadratic_bowl",
+    "autodiff_graph",
+    "tanh_mlp",
+]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -266,7 +274,7 @@ BAD = [
     ),
     (
         ["experiment=nope"],
-        "experiment=nope: expected one of autograd_gd, linear_regression, numpy_gd",
+        "experiment=nope: expected one of autodiff_graph, autograd_gd, linear_regression, numpy_gd",
     ),
     (["train.steps=[1"], "cannot parse the command line"),
 ]

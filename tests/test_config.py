@@ -14,9 +14,9 @@ from runner.schema import SCHEMAS
 from tests.helpers import compose_config
 
 OPTIONS = {
-    "model": ["scalar", "linear", "module"],
-    "data": ["seed_line", "points", "synthetic", "csv"],
-    "loss": ["mse", "l1", "huber"],
+    "model": ["scalar", "linear", "mlp", "module"],
+    "data": ["seed_line", "points", "synthetic", "csv", "sklearn"],
+    "loss": ["mse", "l1", "huber", "bce_logits", "cross_entropy"],
     "optimizer": [
         "sgd",
         "adam",
@@ -46,6 +46,14 @@ OPTIONS = {
 }
 NEEDS = {  # what an option needs besides itself to make a runnable experiment
     "points": ["data.x=[1,2,3]", "data.y=[2,4,6]"],
+    "sklearn": ["model=linear"],  # iris: 4 features, its class ids as numbers to fit
+    "bce_logits": ["data=points", "data.x=[1,2,3]", "data.y=[0,1,1]"],
+    "cross_entropy": [
+        "data=synthetic",
+        "data.task=classification",
+        "model=linear",
+        "model.out_features=2",
+    ],
     "module": ["model.target=tests.user_modules.TinyMLP"],
     "lbfgs": ["loop=optim"],
     "step": ["scheduler.step_size=2"],

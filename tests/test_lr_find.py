@@ -83,7 +83,7 @@ def test_steps_option_and_no_rate_lowering_the_loss(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=foo"], "model=foo: expected one of linear, module, scalar"),
+        (["model=foo"], "model=foo: expected one of linear, mlp, module, scalar"),
         (["--min", "0"], "--min=0.0: expected a rate > 0"),
         (["--min", "1", "--max", "0.5"], "--max=0.5: expected a rate above --min=1"),
         (["--steps", "0"], "--steps=0: expected an integer >= 1"),

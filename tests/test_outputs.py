@@ -98,7 +98,7 @@ def test_tensorboard_config_text_is_the_resolved_config_without_targets(runs, tm
     assert "_target_" not in text and "${" not in text
     config = yaml.safe_load(text.removeprefix("```yaml").removesuffix("```"))
     assert config["data"]["seed"] == 7  # `${train.seed}` in conf/data/synthetic.yaml
-    assert config["model"] == {"init": None, "bias": True}
+    assert config["model"] == {"init": None, "bias": True, "out_features": 1}
     assert config["loss"] == {} and config["train"]["dtype"] == "float64"
 
 
@@ -297,13 +297,27 @@ def test_ctrl_c_keeps_every_logged_step_and_exits_130(tmp_path, signum, code):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",
-    [[], ["scheduler=plateau"], ["scheduler=warmup_cosine", "scheduler.warmup_steps=2"]],
-    ids=lambda args: " ".join(args) or "no schedule",
+    [
+        ["model=linear"],
+        ["model=linear", "scheduler=plateau"],
+        ["model=linear", "scheduler=warmup_cosine", "scheduler.warmup_steps=2"],
+        # the MLP's hand backprop, cross-entropy and accuracy, with held-out rows
+        [
+            "model=mlp",
+            "model.out_features=3",
+            "loss=cross_entropy",
+            "data=synthetic",
+            "data.task=classification",
+            "data.n_classes=3",
+            "data.val_fraction=0.25",
+        ],
+    ],
+    ids=lambda args: " ".join(args),
 )
 def test_numpy_loop_never_imports_torch(tmp_path, schedule):
     code = (
         "import sys; from runner.cli import cli; "
-        "sys.argv = ['runner', 'loop=numpy', 'model=linear', 'optimizer=adam', "
+        "sys.argv = ['runner', 'loop=numpy', 'optimizer=adam', "
         f"'train.steps=5', 'hydra.run.dir={tmp_path / 'run'}', *{schedule!r}]\n"
         "code = cli()\nassert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -35,6 +35,10 @@ NO_EXTRAS: Mapping[str, Array] = MappingProxyType({})
 # The extra per-job values a feature adds to each StepRecord (see Problem.extras).
 GRAD_NORM_BEFORE_CLIP = "grad_norm_before_clip"
 VAL_LOSS = "val_loss"  # the loss on the held-out rows, at the parameters `loss` was taken at
+# classification losses (runner.losses: `classifies`): the fraction of the step's (or the
+# held-out) rows classified right, at the parameters `loss` was taken at
+ACCURACY = "accuracy"
+VAL_ACCURACY = "val_accuracy"
 
 
 class StepRecord(NamedTuple):
@@ -63,10 +67,11 @@ class Problem:
     """Everything a loop needs, built once by the runner and shared by all loops."""
 
     x: np.ndarray  # (N, F) in `dtype`
-    y: np.ndarray  # (N,) in `dtype`
+    # (N,) or (N, O) in `dtype`; class ids (loss.class_targets): (N,) int64
+    y: np.ndarray
     init: Mapping[str, np.ndarray]  # initial parameters in `dtype`, drawn once, the same per job
-    model: Any  # runner.models.ScalarModel | LinearModel
-    loss: Any  # runner.losses.MSE | L1 | Huber
+    model: Any  # runner.models.ScalarModel | LinearModel | MLPModel
+    loss: Any  # runner.losses.MSE | L1 | Huber | BCEWithLogits | CrossEntropy
     optimizer: Any  # a rule from runner.optim_rules, with job 0's hyperparameters
     batches: BatchSchedule
     dtype: str  # "float32" | "float64"
@@ -93,7 +98,24 @@ class Problem:
         features on writes exactly the columns it always did. A feature that logs a value of
         its own adds its name here and its value to the records."""
         names = (GRAD_NORM_BEFORE_CLIP,) if self.clip is not None else ()
-        return names + ((VAL_LOSS,) if self.val_x is not None else ())
+        names += (VAL_LOSS,) if self.val_x is not None else ()
+        if self.classifies:
+            names += (ACCURACY,) + ((VAL_ACCURACY,) if self.val_x is not None else ())
+        return names
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the loss classifies (bce_logits, cross_entropy): its records carry
+        `accuracy` (and `val_accuracy`)."""
+        return getattr(self.loss, "classifies", False)
+
+    def with_accuracy(self, extras: Mapping[str, Array], accuracy: Array, val_accuracy: Array):
+        """`extras` followed by the step's accuracy and, with held-out rows, theirs: the order
+        of `extras` above."""
+        out = {**extras, ACCURACY: accuracy}
+        if val_accuracy is not None:
+            out[VAL_ACCURACY] = val_accuracy
+        return out
 
     def micro_batches(self, step: int) -> range:
         """The batch numbers (1-based, in runner.data.BatchSchedule's order) whose gradients

@@ -20,6 +20,7 @@ from runner.loops import (
     manual_update,
 )
 from runner.loops.torch_common import TorchData, pack_torch
+from runner.losses import torch_job_losses
 
 
 class AutogradLoop:
@@ -63,26 +64,35 @@ class AutogradLoop:
         accumulate, clip = self.problem.accumulate, self.problem.clip
         x, y = model.inputs(data.x), data.y
         extras = NO_EXTRAS
+        classifies = self.problem.classifies
         for step in range(first, last + 1):
             if accumulate == 1:
                 if not full_batch:
                     x, y = data.batch(step)
                     x = model.inputs(x)
-                loss = self._backward(x, y)
+                loss, right = self._backward(x, y)
             else:
                 # As seed notebooks 001/004 show: .grad is not zeroed between the backward
                 # calls, so it sums the micro-batches' gradients of loss / accumulate: their mean.
-                loss = None
+                loss, rights = None, []
                 for number in self.problem.micro_batches(step):
                     x, y = data.batch(number)
-                    part = self._backward(model.inputs(x), y, accumulate)
+                    part, right = self._backward(model.inputs(x), y, accumulate)
                     loss = part if loss is None else loss + part
+                    rights.append(right)
+                right = sum(rights) / accumulate if classifies else None
             grads = {k: p.grad.clone() for k, p in self.params.items()}
             if clip is not None:
                 grads, norm = clip.clip(grads, torch, jobs > 1)
                 extras = {GRAD_NORM_BEFORE_CLIP: norm}
+            val_pred = None
             if data.val_x is not None:
-                extras = {**extras, VAL_LOSS: self._val_loss()}
+                val_loss, val_pred = self._val_loss()
+                extras = {**extras, VAL_LOSS: val_loss}
+            if classifies:
+                accuracy = self.problem.loss.accuracy
+                val_right = None if val_pred is None else accuracy(val_pred, data.val_y, torch)
+                extras = self.problem.with_accuracy(extras, right, val_right)
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
                 # and it returns new tensors, never its inputs (every parameter has a gradient).
@@ -93,18 +103,22 @@ class AutogradLoop:
             yield StepRecord(step, loss, lrs, new, grads, extras)
 
     @torch.no_grad()
-    def _val_loss(self) -> torch.Tensor:
-        """The loss on the held-out rows, without a graph, at the parameters before the update."""
+    def _val_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss on the held-out rows, without a graph, at the parameters before the update;
+        and the predictions it was taken of."""
         model, data, jobs = self.problem.model, self.data, self.problem.jobs
         pred = model.forward(self.params, model.inputs(data.val_x), torch)
         if jobs == 1:
-            return self.loss_fn(pred, data.val_y)
-        return self.loss_fn(pred, data.val_y.expand(jobs, -1)).mean(dim=-1)
+            return self.loss_fn(pred, data.val_y), pred
+        return torch_job_losses(self.loss_fn, pred, data.val_y), pred
 
-    def _backward(self, x: torch.Tensor, y: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    def _backward(
+        self, x: torch.Tensor, y: torch.Tensor, parts: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward and backward of one batch, adding its gradients into .grad; its loss,
-        detached. With `parts` > 1 the loss is divided by it first (one micro-batch's share of
-        an accumulated step), as a torch user scales it."""
+        detached, and for a classification loss its accuracy (else None). With `parts` > 1 the
+        loss is divided by it first (one micro-batch's share of an accumulated step), as a
+        torch user scales it."""
         jobs, loss_fn = self.problem.jobs, self.loss_fn
         pred = self.problem.model.forward(self.params, x, torch)  # (K, N), or (N,) for one job
         if jobs == 1:
@@ -113,11 +127,14 @@ class AutogradLoop:
                 loss = loss / parts
             loss.backward()
         else:
-            loss = loss_fn(pred, y.expand(jobs, -1)).mean(dim=-1)  # (K,)
+            loss = torch_job_losses(loss_fn, pred, y)  # (K,)
             if parts > 1:
                 loss = loss / parts
             loss.sum().backward()  # the sum has each job's own gradient in its row
-        return loss.detach()
+        right = None
+        if self.problem.classifies:
+            right = self.problem.loss.accuracy(pred.detach(), y, torch)
+        return loss.detach(), right
 
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step."""

@@ -53,6 +53,7 @@ class NumpyLoop:
         x, y = model.inputs(p.x), p.y
         val_x = None if p.val_x is None else model.inputs(p.val_x)
         extras = NO_EXTRAS
+        accuracy = loss_fn.accuracy if p.classifies else None
         for step in range(first, last + 1):
             if accumulate == 1:
                 if not full_batch:
@@ -64,27 +65,37 @@ class NumpyLoop:
                 # Every array here stays in the run's dtype (NumPy 2's promotion rules: Python
                 # scalars never widen an array), which tests/test_gradients.py checks.
                 grads = model.backward(self.params, x, dpred)
+                if accuracy is not None:
+                    right = accuracy(pred, y, np)
             else:
-                loss, grads = self._accumulated(step)
+                loss, grads, right = self._accumulated(step)
             if clip is not None:
                 grads, norm = clip.clip(grads, np, jobs_axis)
                 extras = {GRAD_NORM_BEFORE_CLIP: norm}
+            val_pred = None
             if val_x is not None:  # at the parameters `loss` was taken at, before the update
                 val_pred = model.forward(self.params, val_x, np)
                 extras = {**extras, VAL_LOSS: loss_fn.value_and_grad(val_pred, p.val_y)[0]}
+            if accuracy is not None:
+                val_right = None if val_pred is None else accuracy(val_pred, p.val_y, np)
+                extras = p.with_accuracy(extras, right, val_right)
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
             yield StepRecord(step, loss, lrs, self.params, grads, extras)
 
     def _accumulated(self, step: int) -> tuple:
         """The mean loss and mean gradients of the step's micro-batches, summed in batch order
-        as autograd accumulates them into .grad: each batch's share of loss / accumulate."""
+        as autograd accumulates them into .grad: each batch's share of loss / accumulate; and
+        for a classification loss their mean accuracy (else None)."""
         p = self.problem
         model, parts = p.model, p.accumulate
         loss = grads = None
+        right = [] if p.classifies else None
         for number in p.micro_batches(step):
             idx = p.batches.indices(number)
             x, y = model.inputs(p.x[idx]), p.y[idx]
             pred = model.forward(self.params, x, np)
+            if right is not None:
+                right.append(p.loss.accuracy(pred, y, np))
             part, dpred = p.loss.value_and_grad(pred, y)
             # What backward of loss / parts computes: dL/dloss = 1/parts in the dtype, times
             # the loss's own gradient (torch's MSE backward multiplies in this order).
@@ -95,7 +106,7 @@ class NumpyLoop:
             else:
                 loss = loss + part
                 grads = {n: grads[n] + g for n, g in part_grads.items()}
-        return loss, grads
+        return loss, grads, None if right is None else sum(right) / parts
 
     def state(self, job: int) -> dict:
         """One job's parameters and optimizer state after the last step (arrays are never

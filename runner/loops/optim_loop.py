@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from runner.loops import (
+    ACCURACY,
     GRAD_NORM_BEFORE_CLIP,
     NO_EXTRAS,
     VAL_LOSS,
@@ -33,6 +34,7 @@ from runner.loops import (
     monitored,
 )
 from runner.loops.torch_common import TorchData, pack_torch, step_or_overflow
+from runner.losses import torch_job_losses
 
 
 class OptimLoop:
@@ -42,7 +44,7 @@ class OptimLoop:
 
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
-        # The module's output is (N, 1), so the targets are kept as (N, 1) too.
+        # A one-output module's output is (N, 1), so such targets are kept as (N, 1) too.
         self.data = TorchData(problem, column_targets=True)
         init = {k: self.data.tensor(v) for k, v in problem.init.items()}
         jobs = problem.jobs
@@ -68,7 +70,7 @@ class OptimLoop:
             from torch.func import functional_call, vmap
 
             module = self.modules[0]
-            # the module's forward over every job's rows of the stacked parameters: (K, N, 1)
+            # the module's forward over every job's rows of the stacked parameters: (K, N, O)
             self.forward_jobs = vmap(lambda params, x: functional_call(module, params, (x,)),
                                      in_dims=(0, None))  # fmt: skip
             self.per_sample_loss = problem.loss.torch_loss()
@@ -117,21 +119,33 @@ class OptimLoop:
         for step in range(first, last + 1):
             if not full_batch:
                 batches = [data.batch(n) for n in self.problem.micro_batches(step)]
-            val_loss = None if data.val_x is None else self._val_loss()  # before the update
+            # before the update: the held-out loss and the predictions it was taken of
+            val_loss, val_pred = (None, None) if data.val_x is None else self._val_loss()
             loss, grads, extras = step_jobs(step, batches, accumulate)
             if val_loss is not None:
                 extras = {**extras, VAL_LOSS: val_loss}
+            if self.problem.classifies:
+                right = extras.pop(ACCURACY)  # the step's, kept apart until the order is known
+                accuracy = self.problem.loss.accuracy
+                val_right = None if val_pred is None else accuracy(val_pred, data.val_y, torch)
+                extras = self.problem.with_accuracy(extras, right, val_right)
             params = {k: p.detach().clone() for k, p in self.stacked.items()}
             yield StepRecord(step, loss, lrs, params, grads, extras)
 
     @torch.no_grad()
-    def _val_loss(self) -> torch.Tensor:
-        """The loss on the held-out rows, without a graph: (K,), or a scalar for one job."""
+    def _val_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss on the held-out rows, without a graph: (K,), or a scalar for one job; and
+        the predictions it was taken of."""
         data = self.data
         if self.problem.jobs == 1:
-            return self.loss_fn(self.modules[0](data.val_x), data.val_y)
+            pred = self.modules[0](data.val_x)
+            return self.loss_fn(pred, data.val_y), pred
         preds = self.forward_jobs(self.stacked, data.val_x)
-        return self.per_sample_loss(preds, data.val_y.expand_as(preds)).mean(dim=(1, 2))
+        return torch_job_losses(self.per_sample_loss, preds, data.val_y), preds
+
+    def _accuracy(self, rights: list, parts: int) -> dict:
+        """{ACCURACY: the micro-batches' mean accuracy} for a classification loss, else {}."""
+        return {ACCURACY: sum(rights) / parts} if self.problem.classifies else {}
 
     def _step_one(self, step: int, batches: list, parts: int) -> tuple[torch.Tensor, dict, dict]:
         """One job: the plain user loop on its module."""
@@ -142,16 +156,21 @@ class OptimLoop:
         # add into them, and the optimizer only reads them, so the record can keep them as
         # they are, without a copy.
         optimizer.zero_grad(set_to_none=True)
-        loss = None
+        loss, rights, classifies = None, [], self.problem.classifies
         for x, y in batches:
-            part = self.loss_fn(module(x), y)
+            out = module(x)
+            part = self.loss_fn(out, y)
             if parts > 1:
                 part = part / parts
             part.backward()
             loss = part.detach() if loss is None else loss + part.detach()
+            if classifies:
+                rights.append(self.problem.loss.accuracy(out.detach(), y, torch))
         extras = NO_EXTRAS
         if self.problem.clip is not None:
             extras = {GRAD_NORM_BEFORE_CLIP: self.problem.clip.clip_torch(named.values())}
+        if classifies:
+            extras = {**extras, **self._accuracy(rights, parts)}
         grads = {k: p.grad for k, p in named.items()}
         self._step(0, step, optimizer, named)
         return loss, grads, extras
@@ -161,15 +180,17 @@ class OptimLoop:
         micro-batch), then every job's optimizer steps its rows."""
         for rows in self.stacked.values():
             rows.grad = None
-        loss = None
+        loss, rights, classifies = None, [], self.problem.classifies
         for x, y in batches:
-            preds = self.forward_jobs(self.stacked, x)
-            per_sample = self.per_sample_loss(preds, y.expand_as(preds))  # (K, N, 1)
-            part = per_sample.mean(dim=(1, 2))  # (K,): the sum's gradient is each job's own
+            preds = self.forward_jobs(self.stacked, x)  # (K, N, O)
+            # (K,): each job's mean over its elements; the sum's gradient is each job's own
+            part = torch_job_losses(self.per_sample_loss, preds, y)
             if parts > 1:
                 part = part / parts
             part.sum().backward()
             loss = part.detach() if loss is None else loss + part.detach()
+            if classifies:
+                rights.append(self.problem.loss.accuracy(preds.detach(), y, torch))
         clip, norms = self.problem.clip, []
         for j, (optimizer, named) in enumerate(zip(self.optimizers, self.named, strict=True)):
             if clip is None and j in self.failed:
@@ -181,6 +202,8 @@ class OptimLoop:
             if j not in self.failed:
                 self._step(j, step, optimizer, named)
         extras = NO_EXTRAS if clip is None else {GRAD_NORM_BEFORE_CLIP: torch.stack(norms)}
+        if classifies:
+            extras = {**extras, **self._accuracy(rights, parts)}
         return loss, {k: rows.grad for k, rows in self.stacked.items()}, extras
 
     def _step(self, job: int, step: int, optimizer: torch.optim.Optimizer, named: dict) -> None:
@@ -200,11 +223,15 @@ class OptimLoop:
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = self.loss_fn(module(x), y)
+            out = module(x)
+            loss = self.loss_fn(out, y)
             loss.backward()
             extras = NO_EXTRAS
             if clip is not None:
                 extras = {GRAD_NORM_BEFORE_CLIP: clip.clip_torch(named.values())}
+            if not first_eval and self.problem.classifies:
+                accuracy = self.problem.loss.accuracy(out.detach(), y, torch)
+                extras = {**extras, ACCURACY: accuracy}
             if not first_eval:
                 grads = {k: p.grad.detach().clone() for k, p in named.items()}
                 first_eval.append((loss.detach(), grads, extras))

@@ -14,24 +14,27 @@ from runner.loops import Problem, StepRecord, pack_rows
 class TorchData:
     """The problem's arrays as tensors of the run's dtype on the run's device.
 
-    Targets are (N,), or with `column_targets` (N, 1): the shape of an nn.Module's output, which
-    the loss then takes as it comes (no per-step reshaping of the predictions).
+    Targets are (N,) or (N, O), or with `column_targets` (N, 1) for (N,): the shape of an
+    nn.Module's output, which the loss then takes as it comes (no per-step reshaping of the
+    predictions). Class ids (integer targets) stay (N,) int64, as CrossEntropyLoss takes them.
     """
 
     def __init__(self, problem: Problem, column_targets: bool = False) -> None:
         self.device = torch.device(problem.device)
         self.dtype = getattr(torch, problem.dtype)
         self.x = torch.as_tensor(problem.x, dtype=self.dtype, device=self.device)  # (N, F)
-        self.y = torch.as_tensor(problem.y, dtype=self.dtype, device=self.device)  # (N,)
-        if column_targets:
-            self.y = self.y[:, None]  # (N, 1)
+        self.y = self._targets(problem.y, column_targets)
         self.val_x = self.val_y = None  # the held-out rows, when there are any
         if problem.val_x is not None:
             self.val_x = torch.as_tensor(problem.val_x, dtype=self.dtype, device=self.device)
-            self.val_y = torch.as_tensor(problem.val_y, dtype=self.dtype, device=self.device)
-            if column_targets:
-                self.val_y = self.val_y[:, None]
+            self.val_y = self._targets(problem.val_y, column_targets)
         self.batches = problem.batches
+
+    def _targets(self, y: np.ndarray, column_targets: bool) -> torch.Tensor:
+        if y.dtype.kind in "iu":  # class ids
+            return torch.as_tensor(y, dtype=torch.int64, device=self.device)  # (N,)
+        out = torch.as_tensor(y, dtype=self.dtype, device=self.device)  # (N,) or (N, O)
+        return out[:, None] if column_targets and out.ndim == 1 else out
 
     def tensor(self, value: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(value, dtype=self.dtype, device=self.device).clone()
