@@ -50,7 +50,7 @@ class LossFunction:
     """The training loss of a model on fixed rows, for many parameter points at once."""
 
     x: np.ndarray  # (N, F) float64: the run's training rows
-    y: np.ndarray  # (N,) or (N, O)
+    y: np.ndarray  # (N,) or (N, O) float64; class ids (N,) as the integers they are
     model: Any  # runner.models: forward(params, inputs, np) with a leading job axis
     loss: Any  # runner.losses: value_and_grad(pred, y)
     shapes: Mapping[str, tuple[int, ...]]  # parameter name -> shape, in the model's order
@@ -58,7 +58,10 @@ class LossFunction:
     @classmethod
     def of(cls, x, y, model, loss, params: Mapping[str, Any]) -> LossFunction:
         shapes = {name: tuple(np.shape(v)) for name, v in params.items()}
-        return cls(np.asarray(x, np.float64), np.asarray(y, np.float64), model, loss, shapes)
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer):
+            y = y.astype(np.float64)
+        return cls(np.asarray(x, np.float64), y, model, loss, shapes)
 
     @property
     def n_values(self) -> int:

@@ -99,6 +99,19 @@ def test_a_diverged_path_does_not_stretch_the_range():
     assert len(kept[1][0]) == 2  # the diverged path up to its first point outside
 
 
+def test_class_ids_stay_integers_for_cross_entropy():
+    # two logits from w * x (weight [2, 1], no bias): loss = mean(logsumexp(z) - z_y)
+    from runner.losses import CrossEntropy
+
+    x, y = np.array([[1.0], [-2.0], [0.5]]), np.array([0, 1, 1])
+    init = {"weight": np.zeros((2, 1))}
+    f = LossFunction.of(x, y, LinearModel(bias=False, out_features=2), CrossEntropy(), init)
+    points = np.array([[0.0, 0.0], [1.0, -1.0]])
+    z = points[:, None, :] * x[None, :, :]  # (G, N, 2)
+    want = np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, y[None, :, None], -1)[..., 0]
+    np.testing.assert_allclose(f(points), want.mean(-1), rtol=1e-14)
+
+
 # --- landscape.png in a run ---------------------------------------------------------------------
 def test_a_one_parameter_run_draws_its_curve_and_tensorboard_gets_the_picture(tmp_path):
     summary, metrics = train(tmp_path, *ON, "train.steps=10")
