@@ -200,7 +200,7 @@ def landscape_figure(s: Surface, title: str) -> Figure:
     # Fixed margins rather than a layout engine: a third less time to draw, once per run.
     fig, ax = _figure(layout=None)
     # (a 2-D picture's colour bar takes its place within, its labels beyond `right`)
-    fig.subplots_adjust(left=0.12, right=0.86 if s.kind == "2d" else 0.97, bottom=0.11, top=0.93)
+    fig.subplots_adjust(left=0.15, right=0.86 if s.kind == "2d" else 0.97, bottom=0.11, top=0.93)
     if s.kind == "2d":
         _contour(fig, ax, s)
         _path_2d(ax, s.path, "C3", "path (logged steps)", ends=True)
