@@ -4,11 +4,17 @@
 is each job's summary.json, metrics.csv and .hydra/, and writes next to the jobs:
 
 - `summary.csv`: one row per job (job number, swept values, status, losses, steps, wall time,
-  final parameters named like metrics.csv's columns, the job's directory);
-- `loss.png`: loss against step for every job, log scale;
+  final parameters named like metrics.csv's columns, the job's directory; and each job's `lr`
+  when the sweep varies the optimizer);
+- `loss.png`: loss against step for every job, log scale (over seeds: each group's mean with a
+  band of +-1 std);
 - `final_loss.png`: final loss against the swept key, when exactly one numeric key is swept;
 - `parity.csv`: when jobs differ only in `loop`, how far apart their loss, parameters and
-  gradients get, and the first step where the gap exceeds the dtype's tolerance.
+  gradients get, and the first step where the gap exceeds the dtype's tolerance;
+- `trajectories.png`: every job's path on one picture of their loss, when they share a problem
+  of one or two parameter elements (runner.landscape);
+- `aggregate.csv`: when train.seed or data.seed is swept, each group of the other swept values
+  with the mean and std of its final and best losses.
 
 Hydra calls it when a sweep ends (runner.callbacks.SweepReport); `runner-report DIR` rebuilds it
 from the shell, for instance for a sweep that was killed half-way. What it cannot read or write
@@ -48,9 +54,17 @@ FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 pixels
 DPI = 100
 # loss.png names each job in a legend up to this many jobs, and shows a colour bar beyond.
 MAX_LEGEND = 20
-# A legend label longer than this many characters is wrapped, and the legend moves beside the
-# plot: runs that differ in many settings would cover the curves, or run off the figure.
+# A legend label longer than this many characters is wrapped; the legend sits inside the plot
+# for at most INSIDE_LEGEND labels none of which was wrapped, else below it in columns
+# (about LEGEND_CHARS characters of small text fit across the figure): runs that differ in many
+# settings would otherwise cover the curves, or run off the figure.
 LABEL_WIDTH = 32
+INSIDE_LEGEND = 10
+LEGEND_CHARS = 110
+# Lines that coincide (the loops agree): thick solid, dashed, dotted, so each one shows.
+_COINCIDING_STYLES = ("-", "--", ":")
+# Swept keys whose jobs are repeats of one setting: aggregate.csv groups over them.
+SEED_KEYS = ("train.seed", "data.seed")
 # final_loss.png gets a log x axis once the swept values span two decades (0.001 ... 0.1).
 LOG_X_RATIO = 100.0
 # Columns of summary.csv after the job number and the swept keys (final parameters follow).
@@ -221,6 +235,8 @@ def summary_table(jobs: Sequence[Job], swept: Sequence[str], root: Path) -> pd.D
         rows.append(row)
     columns = ["job", *swept, *SUMMARY_COLUMNS, *param_columns, "dir"]
     table = pd.DataFrame(rows, columns=columns)
+    if "optimizer" in swept:  # each optimizer's own rate (Adam's 0.001 beside SGD's 0.01)
+        table["lr"] = [_number(job.config.get("optimizer", {}).get("lr")) for job in jobs]
     table["job"] = table["job"].astype("Int64")
     table["steps_completed"] = table["steps_completed"].astype("Int64")
     for key in swept:  # numbers stay numbers, so the CSV sorts and plots as users expect
@@ -365,8 +381,16 @@ def _column_kind(column: str) -> str | None:
 
 
 # --- plots -----------------------------------------------------------------------------------
-def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_title: str = ""):
-    """Loss against step for every job that logged any, on a log scale.
+def loss_figure(
+    jobs: Sequence[Job],
+    labels: Sequence[str],
+    title: str,
+    legend_title: str = "",
+    note: str = "",
+):
+    """Loss against step for every job that logged any, on a log scale. `note`, when given, is
+    written on the plot (the lines of loops that agree coincide: it says so, and each loop's
+    line gets its own dash pattern so that the ones beneath still show).
 
     The y range is that of the jobs that did not diverge (and where diverged ones started), so
     a blow-up to 1e30 does not flatten the comparison; a diverged job ends in an X, on the top
@@ -375,7 +399,7 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
     """
     fig, ax = _figure()
     curves = []
-    for job, label, color in zip(jobs, labels, _colors(len(jobs)), strict=True):
+    for i, (job, label, color) in enumerate(zip(jobs, labels, _colors(len(jobs)), strict=True)):
         if job.metrics is None or not len(job.metrics):
             continue
         step = job.metrics["step"].to_numpy()
@@ -389,7 +413,8 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
             step,
             np.where(positive, loss, np.nan),
             color=color,
-            lw=1.5,
+            lw=1.5 + (1.5 if note and i % 3 == 0 else 0.0),
+            ls=_COINCIDING_STYLES[i % 3] if note else "-",
             marker="o" if len(step) == 1 else None,
             label=textwrap.fill(f"{label} ({', '.join(notes)})" if notes else label, LABEL_WIDTH),
         )
@@ -420,28 +445,32 @@ def loss_figure(jobs: Sequence[Job], labels: Sequence[str], title: str, legend_t
     ax.set_ylabel("loss (log scale)" if top is not None else "loss")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
+    if note:
+        box = {"fc": "white", "ec": "0.6", "alpha": 0.9}
+        ax.text(0.98, 0.97, textwrap.fill(note, 48), transform=ax.transAxes, ha="right",
+                va="top", fontsize="small", bbox=box)  # fmt: skip
     if len(jobs) <= MAX_LEGEND:
-        _legend(fig, ax, legend_title, ncol=2 if len(jobs) > 10 else 1)
+        _legend(fig, ax, legend_title)
     else:  # one legend entry per job would bury the plot: a colour bar keyed to the jobs
         _job_colorbar(fig, ax, labels, legend_title)
     return fig
 
 
-def _legend(fig: Figure, ax: Axes, title: str, ncol: int) -> None:
-    """The jobs' legend: inside the plot, or beside it, one column, when labels were wrapped;
-    the figure then grows taller if the legend needs it, so every label stays on the figure."""
-    labels = ax.get_legend_handles_labels()[1]
-    if not any("\n" in label for label in labels):
-        ax.legend(title=title or None, fontsize="small", ncol=ncol)
+def _legend(fig: Figure, ax: Axes, title: str) -> None:
+    """The jobs' legend: inside the plot for a few short labels; otherwise below it, in as
+    many columns as the labels' width allows, the figure growing taller by the legend's height
+    so that the plot keeps its size and every label stays on the figure."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not labels:
         return
-    legend = ax.legend(
-        title=title or None, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0)
-    )
-    # constrained layout shrinks the plot to make room on the right; height it cannot make
-    legend_px = legend.get_window_extent().height
-    needed = (legend_px + 2 * 0.5 * DPI) / DPI  # and about half an inch of margins
-    if needed > fig.get_figheight():
-        fig.set_figheight(needed)
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    if len(labels) <= INSIDE_LEGEND and "\n" not in "".join(labels):
+        ax.legend(title=title or None, fontsize="small")
+        return
+    ncols = max(1, min(len(labels), LEGEND_CHARS // (longest + 6)))
+    legend = fig.legend(handles, labels, title=title or None, fontsize="small",
+                        loc="outside lower center", ncols=ncols)  # fmt: skip
+    fig.set_figheight(fig.get_figheight() + legend.get_window_extent().height / DPI + 0.1)
 
 
 def _job_colorbar(fig: Figure, ax: Axes, labels: Sequence[str], title: str) -> None:
@@ -511,6 +540,8 @@ def _colors(n: int) -> list:
 
     if n <= 10:
         return [f"C{i}" for i in range(n)]
+    if n <= MAX_LEGEND:  # told apart by the legend: twenty distinct colours
+        return list(matplotlib.colormaps["tab20"](np.arange(n)))
     return list(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, n)))
 
 
@@ -538,6 +569,127 @@ def _status_note(job: Job) -> str:
     return "" if job.status == "completed" else job.status
 
 
+# --- seeds: aggregate.csv and the mean of each group -------------------------------------------
+def seed_keys(swept: Sequence[str]) -> list[str]:
+    """The swept keys that repeat a setting with other random draws (train.seed, data.seed)."""
+    return [key for key in swept if key in SEED_KEYS]
+
+
+def aggregate_table(table: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
+    """One row per group of jobs equal in every swept key but the seeds: those keys, `n` (its
+    jobs), and the mean and sample standard deviation (ddof=1: NaN for a group of one) of
+    final_loss and best_loss over its jobs. A job without a loss (failed, or NaN) is left out
+    of its group's mean and std, but counted in `n`."""
+    others = [key for key in swept if key not in SEED_KEYS]
+    grouped = table.groupby(others, sort=False, dropna=False) if others else [((), table)]
+    rows = []
+    for values, group in grouped:
+        values = values if isinstance(values, tuple) else (values,)
+        row = dict(zip(others, values, strict=True)) | {"n": len(group)}
+        for column in ("final_loss", "best_loss"):
+            losses = group[column].astype(float)
+            row[f"{column}_mean"] = losses.mean()
+            row[f"{column}_std"] = losses.std(ddof=1)
+        rows.append(row)
+    import pandas as pd
+
+    columns = [*others, "n", "final_loss_mean", "final_loss_std", "best_loss_mean", "best_loss_std"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def group_jobs(jobs: Sequence[Job], swept: Sequence[str]) -> tuple[list[list[Job]], list[str]]:
+    """The jobs in groups of equal swept values but the seeds (in order of first appearance),
+    and each group's label: its values (`adam, 0.1`, or `optimizer=adam, optimizer.lr=0.1`)."""
+    others = [key for key in swept if key not in SEED_KEYS]
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.value(key) for key in others), []).append(job)
+    labels = []
+    for values, members in groups.items():
+        if len(others) == 1:
+            label = values[0] or "-"
+        else:
+            label = ", ".join(f"{k}={v}" for k, v in zip(others, values, strict=True)) or "all"
+        labels.append(f"{label} (n={len(members)})")
+    return list(groups.values()), labels
+
+
+def band_figure(groups: Sequence[Sequence[Job]], labels: Sequence[str], title: str,
+                legend_title: str = "") -> Figure:  # fmt: skip
+    """Each group's mean loss against step, log scale, with a band of +-1 standard deviation
+    (ddof=1) over its jobs at each logged step. Where mean - std is not positive the band runs
+    to the bottom of the plot: a log scale has no room for it."""
+    import pandas as pd
+
+    fig, ax = _figure()
+    curves = []
+    for members, label, color in zip(groups, labels, _colors(len(groups)), strict=True):
+        frames = [j.metrics[["step", "loss"]] for j in members if j.metrics is not None]
+        if not frames:
+            continue
+        if any(j.status == "diverged" for j in members):
+            label += " (diverged)"
+        stats = pd.concat(frames).groupby("step")["loss"].agg(["mean", "std"])
+        step, mean = stats.index.to_numpy(), stats["mean"].to_numpy(float)
+        std = np.nan_to_num(stats["std"].to_numpy(float))  # one job at a step: no band
+        ax.plot(step, np.where(mean > 0, mean, np.nan), color=color, lw=1.8,
+                label=textwrap.fill(label, LABEL_WIDTH))  # fmt: skip
+        # a group with a diverged job sets the y range by where it started only
+        diverged = any(j.status == "diverged" for j in members)
+        curves.append((step, mean, std, color, diverged))
+    positive = [m[np.isfinite(m) & (m > 0)] for _, m, _, _, _ in curves]
+    kept = [v[:1] if d else v for v, (*_, d) in zip(positive, curves, strict=True)]
+    if any(v.size for v in positive):
+        ax.set_yscale("log")
+        low = min(v.min() for v in positive if v.size) / 10
+        top = max(v.max() for v in (kept if any(v.size for v in kept) else positive) if v.size)
+        top *= 10
+        ax.set_ylim(low, top)
+        for step, mean, std, color, _ in curves:
+            lower = np.where(mean - std > low, mean - std, low)
+            ax.fill_between(step, lower, np.minimum(mean + std, top), color=color, alpha=0.2,
+                            lw=0)  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean loss +- 1 std (log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(fig, ax, legend_title)
+    return fig
+
+
+# --- trajectories.png ----------------------------------------------------------------------------
+def trajectories(
+    jobs: Sequence[Job], labels: Sequence[str], title: str, legend_title: str = ""
+) -> Figure | None:
+    """Every job's path on one picture of their loss, when all jobs share one problem (model,
+    data and loss settings) of at most two parameter elements and logged their parameters;
+    else None. The loss is evaluated once, over a range covering every path (see
+    runner.landscape)."""
+    from runner import landscape
+
+    drawn = [(j, label) for j, label in zip(jobs, labels, strict=True)
+             if j.metrics is not None and len(j.metrics)]  # fmt: skip
+    if len(drawn) < 2 or len({landscape.problem_key(j.config) for j, _ in drawn}) != 1:
+        return None
+    f, _ = landscape.from_config(drawn[0][0].config)
+    if f.n_values > landscape.MAX_GRID_ELEMENTS:
+        return None
+    columns = [f"param/{name}" for name in landscape.element_names(f.shapes)]
+    paths, steps = [], []
+    for job, _ in drawn:
+        if not set(columns) <= set(job.metrics.columns):
+            return None
+        seed = int(job.config.get("train", {}).get("seed", 0))
+        init = f.model.init_params(f.x.shape[1], np.random.default_rng(seed))
+        start = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in init.values()])
+        paths.append(np.vstack([start, job.metrics[columns].to_numpy(float)]))
+        steps.append(np.concatenate([[0], job.metrics["step"].to_numpy()]))
+    diverged = [job.status == "diverged" for job, _ in drawn]
+    surface, kept = landscape.surfaces(f, paths, diverged)
+    names = [label for _, label in drawn]
+    return landscape.trajectories_figure(surface, kept, names, title, steps, legend_title)
+
+
 # --- the report ------------------------------------------------------------------------------
 def write_report(
     path: Path,
@@ -549,10 +701,11 @@ def write_report(
     """Writes the report of the sweep (or single run) in `path`, prints a table of its jobs,
     best first, and the files written; returns those files.
 
-    For a sweep: summary.csv, loss.png, final_loss.png (one numeric key swept) and parity.csv
-    (jobs differing only in `loop`). For a single run: its loss.png. `sweep_ended` says the
-    sweep has just ended in this process, so that a job without summary.json failed rather
-    than crashed. Raises NotARunDirectory when `path` holds neither.
+    For a sweep: summary.csv, loss.png, final_loss.png (one numeric key swept), parity.csv
+    (jobs differing only in `loop`), trajectories.png (one shared problem of at most two
+    parameter elements) and aggregate.csv (seeds swept). For a single run: its loss.png.
+    `sweep_ended` says the sweep has just ended in this process, so that a job without
+    summary.json failed rather than crashed. Raises NotARunDirectory when `path` holds neither.
 
     What cannot be read or written is a warning, one line `<path>: <what>` passed to `warn`
     (default: `runner-report: warning: ...` on stderr), and the report is made of the rest: a
@@ -586,15 +739,40 @@ def write_report(
     outputs = _Outputs(path)
     if is_sweep:
         outputs.save("summary.csv", lambda f: _save(f, lambda t: table.to_csv(t, index=False)))
-    if any(job.metrics is not None and len(job.metrics) for job in jobs):
-        labels = _labels(jobs, swept) if is_sweep else [path.name]
-        legend_title = swept[0] if len(swept) == 1 else ""
+    seeds = seed_keys(swept) if is_sweep else []
+    if seeds:
+        aggregate = aggregate_table(table, swept)
         outputs.save(
-            "loss.png",
-            lambda f: _save_figure(
-                f, loss_figure(jobs, labels, f"loss per step: {path.name}", legend_title)
-            ),
+            "aggregate.csv", lambda f: _save(f, lambda t: aggregate.to_csv(t, index=False))
         )
+    labels = _labels(jobs, swept) if is_sweep else [path.name]
+    if any(job.metrics is not None and len(job.metrics) for job in jobs):
+        legend_title = swept[0] if len(swept) == 1 else ""
+        if seeds:
+            groups, group_labels = group_jobs(jobs, swept)
+            others = [key for key in swept if key not in SEED_KEYS]
+            over = ", ".join(seeds)
+            outputs.save(
+                "loss.png",
+                lambda f: _save_figure(
+                    f,
+                    band_figure(
+                        groups,
+                        group_labels,
+                        f"mean loss over {over}: {path.name}",
+                        others[0] if len(others) == 1 else "",
+                    ),
+                ),
+            )
+        else:
+            note = _coinciding_note(parity, jobs)
+            outputs.save(
+                "loss.png",
+                lambda f: _save_figure(
+                    f,
+                    loss_figure(jobs, labels, f"loss per step: {path.name}", legend_title, note),
+                ),
+            )
     if is_sweep and len(swept) == 1 and len(table) and _is_numeric(table[swept[0]]):
         title = f"final loss against {swept[0]}: {path.name}"
         outputs.save(
@@ -603,6 +781,9 @@ def write_report(
         )
     if parity is not None:
         outputs.save("parity.csv", lambda f: _save(f, lambda t: parity.to_csv(t, index=False)))
+    if is_sweep and len(jobs) > 1:  # when they share one problem of one or two elements
+        key = swept[0] if len(swept) == 1 else ""
+        outputs.save("trajectories.png", lambda f: _save_trajectories(f, jobs, labels, path, key))
 
     print(_jobs_text(table, jobs, swept), file=out)
     if parity is not None:
@@ -628,6 +809,7 @@ class _Outputs:
         self.failed: list[tuple[Path, OSError]] = []
         self.read_only: OSError | None = None
         self.skipped: list[str] = []
+        self.not_drawn: list[tuple[Path, str]] = []
 
     def save(self, name: str, write: Callable[[Path], Path]) -> None:
         if self.read_only is not None:
@@ -636,6 +818,9 @@ class _Outputs:
         file = self.directory / name
         try:
             self.written.append(write(file))
+        except _NotDrawn as err:
+            if err.args:
+                self.not_drawn.append((file, err.args[0]))
         except OSError as err:
             if err.errno in self._READ_ONLY:
                 self.read_only = err
@@ -645,6 +830,7 @@ class _Outputs:
 
     def problems(self) -> list[str]:
         lines = [f"{file}: not written ({_reason(err)})" for file, err in self.failed]
+        lines += [f"{file}: not drawn ({why})" for file, why in self.not_drawn]
         if self.read_only is not None:
             names = ", ".join(self.skipped)
             lines.append(
@@ -726,6 +912,38 @@ def _save(path: Path, write: Callable[[IO[str]], None]) -> Path:
     with _replacing(path) as tmp, open(tmp, "w", newline="") as f:
         write(f)
     return path
+
+
+def _save_trajectories(
+    file: Path, jobs: Sequence[Job], labels: Sequence[str], path: Path, legend_title: str
+) -> Path:
+    try:
+        fig = trajectories(jobs, labels, f"every job's path: {path.name}", legend_title)
+    except Exception as err:  # a config it cannot rebuild (a data file since moved, say)
+        raise _NotDrawn(_reason(err)) from None
+    if fig is None:  # no shared problem of one or two elements: no picture
+        file.unlink(missing_ok=True)  # nor one left from an earlier report
+        raise _NotDrawn
+    return _save_figure(file, fig)
+
+
+class _NotDrawn(Exception):
+    """A picture the report has no grounds for (see _Outputs.save)."""
+
+
+def _coinciding_note(parity: pd.DataFrame | None, jobs: Sequence[Job]) -> str:
+    """The note loss.png carries when the jobs that differ only in `loop` all agree within
+    their dtype's tolerance at every common logged step: their lines coincide, as they should."""
+    if parity is None or not len(parity):
+        return ""
+    if parity["first_step_over_tolerance"].notna().any() or (parity["steps_compared"] == 0).any():
+        return ""
+    loops = ", ".join(dict.fromkeys(str(j.loop) for j in jobs if j.loop))
+    tolerance = f"{parity['tolerance'].max():g}"
+    return (
+        f"the lines of the loops ({loops}) coincide: they agree within {tolerance} relative "
+        "at every logged step (parity.csv)"
+    )
 
 
 def _save_figure(path: Path, fig: Figure) -> Path:
@@ -888,7 +1106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     neither."""
     parser = argparse.ArgumentParser(
         prog="runner-report",
-        description="Rebuild summary.csv, parity.csv and plots of a sweep (or a run's loss.png).",
+        description="Rebuild summary.csv, parity.csv, aggregate.csv and plots of a sweep (or a "
+        "run's loss.png).",
     )
     parser.add_argument("dir", metavar="DIR", type=Path, help="a sweep or run directory")
     args = parser.parse_args(argv)

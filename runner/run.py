@@ -259,7 +259,7 @@ class _JobRun:
     def __init__(
         self, job: Job, problem: Problem, layout: Layout, train: TrainConf, log: LogConf
     ) -> None:
-        self.job, self.log = job, log
+        self.job, self.log, self.problem = job, log, problem
         self.out_dir = Path(job.out_dir)
         self.summary_path = self.out_dir / "summary.json"
         self.checkpoint_dir = self.out_dir / "checkpoint"
@@ -297,7 +297,7 @@ class _JobRun:
         job = self.job
         self.sinks = open_sinks(
             job.cfg, self.log, self.layout, self.out_dir, dtype, job.overrides, job.choices,
-            self.resume_at, self.csv_keep,
+            self.resume_at, self.csv_keep, self.problem,
         )  # fmt: skip
 
     def consume(self, rows: np.ndarray) -> None:
@@ -862,24 +862,36 @@ def open_sinks(
     choices: Mapping[str, str] | None,
     resume_at: int | None,
     csv_keep: int | None = None,
+    problem: Problem | None = None,
 ) -> list:
     """The sinks log.* asks for, in out_dir; after a resume they continue from resume_at, and
-    metrics.csv from its first `csv_keep` bytes (runner.sinks.csv_sink.logged_rows_end)."""
+    metrics.csv from its first `csv_keep` bytes (runner.sinks.csv_sink.logged_rows_end).
+    landscape.png (log.landscape) needs the `problem`; it closes before TensorBoard, which
+    gets its picture."""
     sinks: list = []
     if log.csv:
         sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, csv_keep))
+    tensorboard = None
     if log.tensorboard:
         from runner.sinks.tensorboard_sink import TensorBoardSink, hparams_of
 
-        sinks.append(
-            TensorBoardSink(
-                out_dir / "tensorboard",
-                layout,
-                config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                hparams=hparams_of(cfg, overrides, choices),
-                resume_at=resume_at,
-            )
+        tensorboard = TensorBoardSink(
+            out_dir / "tensorboard",
+            layout,
+            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            hparams=hparams_of(cfg, overrides, choices),
+            resume_at=resume_at,
         )
+    if log.landscape and problem is not None:
+        from runner.landscape import LossFunction
+        from runner.sinks.landscape_sink import LandscapeSink
+
+        f = LossFunction.of(problem.x, problem.y, problem.model, problem.loss, problem.init)
+        init = np.concatenate([np.ravel(v) for v in problem.init.values()])
+        writer = tensorboard.writer if tensorboard is not None else None
+        sinks.append(LandscapeSink(out_dir, layout, f, init, writer, resume_at))
+    if tensorboard is not None:
+        sinks.append(tensorboard)
     if log.mlflow:  # last: it uploads the files the sinks before it have closed
         from runner.sinks.mlflow_sink import MlflowSink
 

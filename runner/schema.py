@@ -234,6 +234,7 @@ class LogConf:
     max_elements: int = 16  # per parameter; larger ones are logged as norms only
     flush_secs: float = 1.0  # logged rows reach the disk at most this long after their step
     progress: bool = True  # a tqdm bar, shown only on a terminal
+    landscape: bool = True  # landscape.png: the loss around the path, after training
     mlflow: bool = False  # an MLflow run too (optional extra: pip install 'runner[mlflow]')
     mlflow_uri: str | None = None  # tracking URI; null: MLflow's own (MLFLOW_TRACKING_URI)
 

@@ -438,6 +438,15 @@ class EventWriter:
         meta = text_metadata.create_summary_metadata(display_name=tag, description="")
         self._add_summary(summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor), step)
 
+    def add_image(self, tag: str, png: bytes, step: int = 0) -> None:
+        """A PNG image, shown in TensorBoard's Images tab (Summary.Image, its size read from
+        the PNG's header)."""
+        width, height = struct.unpack(">II", png[16:24])  # IHDR, right after the signature
+        image = summary_pb2.Summary.Image(
+            height=height, width=width, colorspace=4, encoded_image_string=png
+        )  # colorspace 4: RGBA, as matplotlib writes them
+        self._add_summary(summary_pb2.Summary.Value(tag=tag, image=image), step)
+
     def _add_hparams_summary(self, tag: str, **plugin_data) -> None:
         from tensorboard.plugins.hparams import plugin_data_pb2
 

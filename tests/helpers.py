@@ -39,8 +39,10 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 
 
 def train(out_dir: Path, *overrides: str) -> tuple[dict, pd.DataFrame | None]:
-    """Runs run(cfg) in `out_dir` (progress bar off); returns its summary and metrics.csv."""
-    summary = run(compose_config("log.progress=false", *overrides), out_dir, overrides)
+    """Runs run(cfg) in `out_dir` (progress bar and landscape.png off: the picture costs about
+    0.1 s a run, and tests/test_pictures.py turns it on); returns its summary and metrics.csv."""
+    defaults = ("log.progress=false", "log.landscape=false")
+    summary = run(compose_config(*defaults, *overrides), out_dir, overrides)
     csv = out_dir / "metrics.csv"
     return summary, (pd.read_csv(csv) if csv.exists() else None)
 

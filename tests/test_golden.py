@@ -155,17 +155,30 @@ def timeless_summary(path: Path) -> dict:
 
 # Keys added to the config after the recording, at their defaults, as .hydra/config.yaml
 # writes them: they change no output, so a job's config is compared without them.
-NEWER_KEYS_AT_DEFAULTS = "  mlflow: false\n  mlflow_uri: null\n"
+# (model.out_features, data.task and data.n_classes came with the models beyond the line.)
+NEWER_KEYS_AT_DEFAULTS = (
+    "  out_features: 1\n",
+    "  task: regression\n",
+    "  n_classes: 2\n",
+    "  landscape: true\n  mlflow: false\n  mlflow_uri: null\n",
+)
 
 
 def without_newer_keys(config_yaml: str) -> str:
-    assert NEWER_KEYS_AT_DEFAULTS in config_yaml, "the recorded sweeps leave log.mlflow off"
-    return config_yaml.replace(NEWER_KEYS_AT_DEFAULTS, "", 1)
+    for lines in NEWER_KEYS_AT_DEFAULTS:
+        assert lines in config_yaml, f"the recorded sweeps leave {lines.strip()!r} at its default"
+        config_yaml = config_yaml.replace(lines, "", 1)
+    return config_yaml
 
 
 def listing(directory: Path) -> list[str]:
     """Every file a run wrote, relative to its directory (contents aside, this is what it wrote)."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+# What runs gained after the sweeps were recorded, left out of their recorded form with the
+# keys above: each job's landscape.png. Every recorded byte is still compared.
+NEWER_FILES = ("landscape.png",)
 
 
 def without_column(table: bytes, column: str) -> bytes:
@@ -267,7 +280,7 @@ def sweep_outputs(sweep_dir: Path) -> dict[str, bytes]:
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0] != "."):
         files[f"{job.name}.csv"] = (job / "metrics.csv").read_bytes()
         jobs[job.name] = {
-            "files": listing(job),
+            "files": [f for f in listing(job) if f not in NEWER_FILES],
             "summary": timeless_summary(job / "summary.json"),
             "config.yaml": without_newer_keys((job / ".hydra" / "config.yaml").read_text()),
             "overrides.yaml": (job / ".hydra" / "overrides.yaml").read_text(),

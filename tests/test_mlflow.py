@@ -91,7 +91,7 @@ def test_a_run_logs_params_every_row_the_summary_and_its_files(tracking, tmp_pat
     assert tags["runner.status"] == "completed" and tags["runner.loop"] == "optim"
     # run(cfg) writes no .hydra/ (Hydra does: the sweep test sees it); no checkpoint/
     artifacts = {a.path for a in tracking.list_artifacts(rid)}
-    assert artifacts == {"metrics.csv", "summary.json", "tensorboard"}
+    assert artifacts == {"metrics.csv", "summary.json", "tensorboard", "landscape.png"}
     got = Path(tracking.download_artifacts(rid, "", str(tmp_path / "back")))
     for name in ("metrics.csv", "summary.json"):
         assert (got / name).read_bytes() == (out / name).read_bytes(), name

@@ -78,7 +78,8 @@ def test_summary_has_one_row_per_job_as_each_job_reported_it(lr_sweep, capsys):
         else:
             assert row["final_loss"] == summary["final_loss"]
             assert row["best_loss"] == summary["best_loss"]
-    assert written == [lr_sweep / name for name in ("summary.csv", "loss.png", "final_loss.png")]
+    names = ("summary.csv", "loss.png", "final_loss.png", "trajectories.png")
+    assert written == [lr_sweep / name for name in names]
 
     # the printed table: completed jobs best first, the diverged one last, then the files
     lines = capsys.readouterr().out.splitlines()
@@ -383,7 +384,7 @@ def test_a_read_only_sweep_is_reported_with_one_warning_and_nothing_written(
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
     assert line.startswith(f"runner-report: warning: {lr_sweep}: cannot write here (")
-    assert line.endswith("); summary.csv, loss.png, final_loss.png not written")
+    assert line.endswith("); summary.csv, loss.png, final_loss.png, trajectories.png not written")
     assert "wrote" not in captured.out
     assert captured.out.splitlines()[0].split() == ["job", "status", "final_loss", "optimizer.lr"]
     assert len(captured.out.splitlines()) == 4  # the table of the three jobs
@@ -421,14 +422,14 @@ def test_a_folder_of_single_runs_names_each_by_what_differs(tmp_path):
     ]
     fig = report.loss_figure(jobs, labels, "title")
     fig.savefig(io.BytesIO(), format="png")  # lays the figure out
-    legend = fig.axes[0].get_legend()
+    (legend,) = fig.legends
     texts = [t.get_text() for t in legend.get_texts()]
     assert texts[3] == "data=synthetic,\ndata.n_features=3, model=linear,\ntrain.seed=1"
     for artist in (legend, *legend.get_texts()):
         box = artist.get_window_extent()
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
-    # beside the plot, not over the curves
-    assert legend.get_window_extent().x0 > fig.axes[0].get_window_extent().x1
+    # below the plot, not over the curves (nor beside them, taking a third of the width)
+    assert legend.get_window_extent().y1 < fig.axes[0].get_window_extent().y0
 
 
 def test_the_callback_warns_as_the_runner_command(lr_sweep, capsys):

@@ -78,9 +78,10 @@ def test_a_sweep_ends_with_its_report(lr_sweep):
     lines = result.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.split()[:2] == ["job", "status"]))
     assert [line.split()[0] for line in lines[header + 1 : header + 5]] == ["2", "1", "0", "3"]
-    assert lines[-3:] == [
-        f"wrote {sweep / name}" for name in ("summary.csv", "loss.png", "final_loss.png")
-    ]
+    names = ("summary.csv", "loss.png", "final_loss.png", "trajectories.png")
+    assert lines[-4:] == [f"wrote {sweep / name}" for name in names]
+    # each job's own picture of the loss around its path, on by default
+    assert all((sweep / job / "landscape.png").exists() for job in JOBS)
 
 
 def free_port() -> int:
