@@ -428,3 +428,17 @@ def test_a_read_only_run_directory_is_one_line_naming_it(tmp_path, where):
         f"runner: error: {where}"
     ), line
     assert line.endswith((": Permission denied", ": Operation not permitted")), line
+
+
+def test_readme_table_of_groups_lists_every_shipped_option():
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("| group | options |")[1].split("\n\n")[0]
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2]
+        for line in table.splitlines()
+        if line.startswith("| `")
+    }
+    for group in GROUPS:
+        shipped = {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
+        listed = {word.strip("`,;()") for word in rows[group].split()}
+        assert shipped <= listed, (group, shipped - listed)
