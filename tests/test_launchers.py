@@ -178,7 +178,7 @@ def best_rate_on_a_grid(tmp_path: Path) -> float:
     A band of rates reaches a loss of exactly 0 at float32: the best is that band's middle."""
     cfg = compose_config(
         *PROBLEM, "log.progress=false", "log.csv=false", "log.tensorboard=false",
-        "train.checkpoint_every=0",
+        "log.landscape=false", "train.checkpoint_every=0",
     )  # fmt: skip
     rates = np.geomspace(1e-4, 1.0, 49)
     losses = []
@@ -194,7 +194,7 @@ def best_rate_on_a_grid(tmp_path: Path) -> float:
 def test_the_optuna_preset_finds_a_rate_near_the_best(tmp_path):
     sweep = tmp_path / "optuna"
     result = run_cli(
-        "-m", "hparams_search=lr_optuna", *PROBLEM, "log.tensorboard=false",
+        "-m", "hparams_search=lr_optuna", *PROBLEM, "log.tensorboard=false", "log.landscape=false",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -116,8 +116,9 @@ def assert_same_job(got: Path, want: Path) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
     # What the vectorized launcher trains, in-process: run_jobs with one job per rate. Each
-    # job's outputs agree with those of its run alone to the dtype's tolerance.
-    args = ("log.progress=false", *CASES[case], *COMMON)
+    # job's outputs agree with those of its run alone to the dtype's tolerance. (Numbers only:
+    # landscape.png, drawn from these numbers, is left to the sweeps below and test_pictures.)
+    args = ("log.progress=false", "log.landscape=false", *CASES[case], *COMMON)
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / job, (job,))
         for job, lr in zip(JOBS, RATES, strict=True)
@@ -154,6 +155,7 @@ def test_same_directories_and_summary_as_the_basic_launcher(lr_sweeps):
         assert sorted(p.name for p in (vec / job).iterdir()) == sorted(
             p.name for p in (basic / job).iterdir()
         )
+        assert (vec / job / "landscape.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     a, b = (pd.read_csv(d / "summary.csv").drop(columns="wall_s") for d in (vec, basic))
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=RTOL)
 
