@@ -109,12 +109,14 @@ class Problem:
         `accuracy` (and `val_accuracy`)."""
         return getattr(self.loss, "classifies", False)
 
-    def with_accuracy(self, extras: Mapping[str, Array], accuracy: Array, val_accuracy: Array):
-        """`extras` followed by the step's accuracy and, with held-out rows, theirs: the order
-        of `extras` above."""
+    def with_accuracy(
+        self, extras: Mapping[str, Array], accuracy: Array, val_pred: Array, val_y: Array, xp: Any
+    ) -> dict[str, Array]:
+        """`extras` followed by the step's accuracy and, with held-out rows (their predictions
+        `val_pred`, else None), theirs against `val_y`: the order of `extras` above."""
         out = {**extras, ACCURACY: accuracy}
-        if val_accuracy is not None:
-            out[VAL_ACCURACY] = val_accuracy
+        if val_pred is not None:
+            out[VAL_ACCURACY] = self.loss.accuracy(val_pred, val_y, xp)
         return out
 
     def micro_batches(self, step: int) -> range:

@@ -90,9 +90,7 @@ class AutogradLoop:
                 val_loss, val_pred = self._val_loss()
                 extras = {**extras, VAL_LOSS: val_loss}
             if classifies:
-                accuracy = self.problem.loss.accuracy
-                val_right = None if val_pred is None else accuracy(val_pred, data.val_y, torch)
-                extras = self.problem.with_accuracy(extras, right, val_right)
+                extras = self.problem.with_accuracy(extras, right, val_pred, data.val_y, torch)
             with torch.no_grad():
                 # The leaves themselves: under no_grad the rule's arithmetic records nothing,
                 # and it returns new tensors, never its inputs (every parameter has a gradient).

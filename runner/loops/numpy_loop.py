@@ -77,8 +77,7 @@ class NumpyLoop:
                 val_pred = model.forward(self.params, val_x, np)
                 extras = {**extras, VAL_LOSS: loss_fn.value_and_grad(val_pred, p.val_y)[0]}
             if accuracy is not None:
-                val_right = None if val_pred is None else accuracy(val_pred, p.val_y, np)
-                extras = p.with_accuracy(extras, right, val_right)
+                extras = p.with_accuracy(extras, right, val_pred, p.val_y, np)
             self.params, self.opt_state = rule.update(self.params, grads, self.opt_state, np)
             yield StepRecord(step, loss, lrs, self.params, grads, extras)
 

@@ -126,9 +126,7 @@ class OptimLoop:
                 extras = {**extras, VAL_LOSS: val_loss}
             if self.problem.classifies:
                 right = extras.pop(ACCURACY)  # the step's, kept apart until the order is known
-                accuracy = self.problem.loss.accuracy
-                val_right = None if val_pred is None else accuracy(val_pred, data.val_y, torch)
-                extras = self.problem.with_accuracy(extras, right, val_right)
+                extras = self.problem.with_accuracy(extras, right, val_pred, data.val_y, torch)
             params = {k: p.detach().clone() for k, p in self.stacked.items()}
             yield StepRecord(step, loss, lrs, params, grads, extras)
 
