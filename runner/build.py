@@ -56,6 +56,25 @@ def _without(node: DictConfig, keys: tuple[str, ...]) -> DictConfig:
     return node
 
 
+class NotTheRunners(ValueError):
+    """A saved config's `_target_` that names no class of the runner's own (saved_node)."""
+
+
+def saved_node(group: str, values: dict[str, Any]) -> DictConfig:
+    """The config node of a part (model, data or loss) that a saved run's resolved config
+    `values` describes, typed by the schema its `_target_` names, so that instantiating it can
+    only ever build the runner's own classes; without the keys the runner applies after loading
+    (HELD_OUT_KEYS). NotTheRunners for any other `_target_`."""
+    from runner.schema import SCHEMAS
+
+    schemas = {getattr(s, "_target_", None): s for s in SCHEMAS[group].values()}
+    target = values.get("_target_")
+    if target not in schemas:
+        known = ", ".join(sorted(t for t in schemas if t))
+        raise NotTheRunners(f"{group}._target_: {target!r} is not one of {known}")
+    return _without(OmegaConf.merge(OmegaConf.structured(schemas[target]), values), HELD_OUT_KEYS)
+
+
 def build_scheduler(node: DictConfig, steps: int) -> Any:
     """The learning-rate schedule (runner.schedules) that the config's scheduler group picks,
     for a run of `steps` steps, once its settings are in range (ConfigError for the first that

@@ -355,35 +355,22 @@ def from_config(config: Mapping[str, Any]) -> tuple[LossFunction, np.ndarray]:
     (.hydra/config.yaml as a dict): model, data (its training rows) and loss, each built
     through the schema its `_target_` names, so a file can only ever build the runner's own
     classes. Raises ValueError (or ConfigError) for a config it cannot rebuild."""
-    from omegaconf import OmegaConf, open_dict
-
-    from runner.build import HELD_OUT_KEYS, instantiate
+    from runner.build import instantiate, saved_node
     from runner.data import hold_out
-    from runner.schema import SCHEMAS
 
     config = resolved(config)
-    parts = {}
-    for group in ("model", "data", "loss"):
-        node = dict(config.get(group) or {})
-        schemas = {getattr(s, "_target_", None): s for s in SCHEMAS[group].values()}
-        schema = schemas.get(node.get("_target_"))
-        if schema is None:
-            raise ValueError(f"{group}._target_ {node.get('_target_')!r} is not the runner's")
-        held = {k: node.pop(k) for k in HELD_OUT_KEYS if k in node}
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        with open_dict(merged):  # applied below, as the runner applies it (run.build_problem)
-            for key in HELD_OUT_KEYS:
-                merged.pop(key, None)
-        parts[group] = (instantiate(merged, _convert_="all"), held)
-    train = config.get("train") or {}
-    seed = int(train.get("seed", 0))
-    data, held = parts["data"]
-    rows, _ = hold_out(
-        data, float(held.get("val_fraction", 0.0)), int(config["data"].get("seed", seed))
+    model, data, loss = (
+        instantiate(saved_node(group, dict(config.get(group) or {})), _convert_="all")
+        for group in ("model", "data", "loss")
     )
-    model = parts["model"][0]
+    seed = int((config.get("train") or {}).get("seed", 0))
+    # the held-out rows, applied as the runner applies them (run.build_problem)
+    saved_data = config.get("data") or {}
+    rows, _ = hold_out(
+        data, float(saved_data.get("val_fraction", 0.0)), int(saved_data.get("seed", seed))
+    )
     init = model.init_params(rows.n_features, np.random.default_rng(seed))
-    f = LossFunction.of(rows.x, rows.y, model, parts["loss"][0], init)
+    f = LossFunction.of(rows.x, rows.y, model, loss, init)
     return f, np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in init.values()])
 
 

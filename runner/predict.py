@@ -158,18 +158,13 @@ def _model(node: Any, config: Path) -> Any:
     runner itself defines is ever built from a file."""
     from omegaconf import OmegaConf
 
-    from runner.build import instantiate
-    from runner.schema import SCHEMAS
+    from runner.build import NotTheRunners, instantiate, saved_node
 
-    target = node.get("_target_")
-    schemas = {s._target_: s for s in SCHEMAS["model"].values()}
-    if target not in schemas:
-        known = ", ".join(sorted(schemas))
-        raise PredictError(f"{config}: model._target_: {target!r} is not one of {known}")
     try:
         # resolved in the run's config first: a key may follow another (model.seed: train.seed)
-        values = OmegaConf.to_container(node, resolve=True)
-        merged = OmegaConf.merge(OmegaConf.structured(schemas[target]), values)
+        merged = saved_node("model", OmegaConf.to_container(node, resolve=True))
+    except NotTheRunners as err:
+        raise PredictError(f"{config}: {err}") from None
     except Exception as err:
         raise PredictError(f"{config}: model: {_first_line(err)}") from None
     return instantiate(merged)
