@@ -350,8 +350,8 @@ def _path_1d(ax: Axes, w: np.ndarray, loss: np.ndarray, color, label: str) -> No
 
 
 # --- a run's problem, rebuilt from its saved config (the sweep report) ------------------------
-def from_config(config: Mapping[str, Any]) -> tuple[LossFunction, np.ndarray]:
-    """The loss function of a run and its initial parameters (flat), from its resolved config
+def from_config(config: Mapping[str, Any]) -> LossFunction:
+    """The loss function of a run, from its resolved config
     (.hydra/config.yaml as a dict): model, data (its training rows) and loss, each built
     through the schema its `_target_` names, so a file can only ever build the runner's own
     classes. Raises ValueError (or ConfigError) for a config it cannot rebuild."""
@@ -370,8 +370,7 @@ def from_config(config: Mapping[str, Any]) -> tuple[LossFunction, np.ndarray]:
         data, float(saved_data.get("val_fraction", 0.0)), int(saved_data.get("seed", seed))
     )
     init = model.init_params(rows.n_features, np.random.default_rng(seed))
-    f = LossFunction.of(rows.x, rows.y, model, loss, init)
-    return f, np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in init.values()])
+    return LossFunction.of(rows.x, rows.y, model, loss, init)
 
 
 def resolved(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def flat(params: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Every element of `params` in one float64 vector: parameter by parameter, each flattened in
+    C order, as the `param/...` columns list them."""
+    return np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in params.values()])
+
+
 @dataclass(frozen=True)
 class Layout:
     shapes: Mapping[str, tuple[int, ...]]  # parameter name -> shape, in the model's order

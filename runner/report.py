@@ -666,12 +666,13 @@ def trajectories(
     else None. The loss is evaluated once, over a range covering every path (see
     runner.landscape)."""
     from runner import landscape
+    from runner.metrics import flat
 
     drawn = [(j, label) for j, label in zip(jobs, labels, strict=True)
              if j.metrics is not None and len(j.metrics)]  # fmt: skip
     if len(drawn) < 2 or len({landscape.problem_key(j.config) for j, _ in drawn}) != 1:
         return None
-    f, _ = landscape.from_config(drawn[0][0].config)
+    f = landscape.from_config(drawn[0][0].config)
     if f.n_values > landscape.MAX_GRID_ELEMENTS:
         return None
     columns = [f"param/{name}" for name in landscape.element_names(f.shapes)]
@@ -681,7 +682,7 @@ def trajectories(
             return None
         seed = int(job.config.get("train", {}).get("seed", 0))
         init = f.model.init_params(f.x.shape[1], np.random.default_rng(seed))
-        start = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in init.values()])
+        start = flat(init)
         paths.append(np.vstack([start, job.metrics[columns].to_numpy(float)]))
         steps.append(np.concatenate([[0], job.metrics["step"].to_numpy()]))
     diverged = [job.status == "diverged" for job, _ in drawn]

@@ -31,7 +31,7 @@ from runner.device import resolve_device
 from runner.errors import ConfigError
 from runner.loops import ACCURACY, VAL_ACCURACY, VAL_LOSS, Problem
 from runner.losses import check_targets
-from runner.metrics import Layout
+from runner.metrics import Layout, flat
 from runner.schema import LogConf, TrainConf, validate
 from runner.signals import Interrupted, StopSignals
 from runner.sinks import summary as summary_file
@@ -265,9 +265,8 @@ class _JobRun:
         self.checkpoint_dir = self.out_dir / "checkpoint"
         self.fingerprint = settings_fingerprint(job.cfg, problem, job.choices)
         self.layout = layout
-        init = np.concatenate([np.ravel(v) for v in problem.init.values()]).astype(np.float64)
         self.tracker = Tracker(
-            layout, train.steps, log.every_n_steps, init, watch_of(train, layout)
+            layout, train.steps, log.every_n_steps, flat(problem.init), watch_of(train, layout)
         )
         self.sinks: list = []
         self.summary: dict[str, Any] = {}
@@ -887,9 +886,8 @@ def open_sinks(
         from runner.sinks.landscape_sink import LandscapeSink
 
         f = LossFunction.of(problem.x, problem.y, problem.model, problem.loss, problem.init)
-        init = np.concatenate([np.ravel(v) for v in problem.init.values()])
         writer = tensorboard.writer if tensorboard is not None else None
-        sinks.append(LandscapeSink(out_dir, layout, f, init, writer, resume_at))
+        sinks.append(LandscapeSink(out_dir, layout, f, flat(problem.init), writer, resume_at))
     if tensorboard is not None:
         sinks.append(tensorboard)
     if log.mlflow:  # last: it uploads the files the sinks before it have closed
