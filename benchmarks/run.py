@@ -60,9 +60,15 @@ LOOP_OVERRIDES = {
     "optim": ["loop=optim", "model=linear"],
 }
 # The progress bar is off in both: it only shows on a terminal, and the table should stay clean.
-LOGGING_OFF = ["log.csv=false", "log.tensorboard=false", "log.progress=false"]
+# Logging off includes landscape.png, whose sink keeps each logged step's parameters.
+LOGGING_OFF = [
+    "log.csv=false", "log.tensorboard=false", "log.landscape=false", "log.progress=false",
+]  # fmt: skip
 # Every step, every parameter and gradient (max_elements 16 covers all of them here).
-LOGGING_FULL = ["log.csv=true", "log.tensorboard=true", "log.every_n_steps=1", "log.progress=false"]
+LOGGING_FULL = [
+    "log.csv=true", "log.tensorboard=true", "log.landscape=true", "log.every_n_steps=1",
+    "log.progress=false",
+]  # fmt: skip
 # A learning-rate schedule over the run's steps (T_max: null is train.steps), logging off.
 SCHEDULED = ["scheduler=cosine", *LOGGING_OFF]
 

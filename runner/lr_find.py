@@ -110,8 +110,8 @@ def initial_loss(problem) -> float:
 
 
 def _job_config(cfg: DictConfig, lr: float, steps: int) -> DictConfig:
-    """The config of one rate's job: the rate and the steps, and no per-job files but the
-    summary (the jobs' directories are temporary)."""
+    """The config of one rate's job: the rate and the steps, and no per-job files or MLflow run
+    but the summary (the jobs' directories are temporary)."""
     job = copy.deepcopy(cfg)
     job.optimizer.lr = lr
     job.train.steps = steps
@@ -119,6 +119,8 @@ def _job_config(cfg: DictConfig, lr: float, steps: int) -> DictConfig:
     job.train.checkpoint_every = 0
     job.log.csv = False
     job.log.tensorboard = False
+    job.log.landscape = False
+    job.log.mlflow = False
     return job
 
 

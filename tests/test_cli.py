@@ -321,8 +321,8 @@ def test_console_script_and_progress_bar_on_a_terminal(tmp_path):
     import shutil
 
     script = shutil.which("runner", path=os.path.dirname(sys.executable)) or "runner"
-    code, text = run_on_a_terminal([script, "train.steps=20000", "loop=numpy", "hydra.run.dir=run"],
-                                   tmp_path)  # fmt: skip
+    argv = [script, "train.steps=20000", "loop=numpy", "log.landscape=false", "hydra.run.dir=run"]
+    code, text = run_on_a_terminal(argv, tmp_path)
     assert code == 0, text
     assert "step/s" in text and "/20000 [" in text and "loss=" in text  # the tqdm bar
     assert "completed: 20000 steps" in text

@@ -190,3 +190,36 @@ def test_bad_values_are_refused_before_training(runs, tmp_path, overrides, messa
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert not list(tmp_path.glob("*/metrics.csv"))  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("loop=numpy", "train.steps=5"),
+        ("optimizer.lr=0.5", "optimizer=adam", "optimizer.betas=[0.8,0.9]"),
+        ("experiment=linear_regression", "train.steps=3", "loop=autograd"),
+        ("data=synthetic", "train.batch_size=4", "log.every_n_steps=2", "model.init=null"),
+        ("model=module", "model.target=examples.tinynet.TinyNet", "model.kwargs={hidden:4}"),
+        ("train.dtype=float64", "log.csv=false", "hydra.run.dir=elsewhere"),
+        ("train.steps=abc",),  # each error as Hydra raises it
+        ("no_such_key=1",),
+        ("train.no_such_key=1",),
+        ("+train.extra=1",),
+    ],
+)
+def test_the_tests_shortcut_composes_what_hydra_composes(overrides):
+    # tests/helpers.compose_config applies plain `key=value` overrides to a composition of the
+    # group choices alone; the suite's configs are only as real as this.
+    from omegaconf import OmegaConf
+
+    from tests.helpers import compose_config_by_hydra
+
+    def outcome(compose):
+        try:
+            cfg = compose(*overrides)
+        except Exception as err:
+            return type(err).__name__, str(err)
+        flags = (OmegaConf.is_struct(cfg), OmegaConf.is_readonly(cfg))
+        return OmegaConf.to_yaml(cfg), flags, OmegaConf.get_type(cfg.train)
+
+    assert outcome(compose_config) == outcome(compose_config_by_hydra)

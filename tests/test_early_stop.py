@@ -127,7 +127,7 @@ def test_an_early_stopping_run_resumes_byte_identically(tmp_path, monkeypatch, l
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_side_by_side_jobs_each_stop_on_their_own(tmp_path, loop):
-    args = ("log.progress=false", f"loop={loop}", *NOISY, "train.steps=120")
+    args = ("log.progress=false", "log.landscape=false", f"loop={loop}", *NOISY, "train.steps=120")
     # float64: every job then matches its run alone so closely that each stops at its step
     args = (*args, "train.early_stop.patience=5", "train.dtype=float64")
     args = (*args, "data.val_fraction=0.25", "train.early_stop.monitor=val_loss")

@@ -32,7 +32,7 @@ RATES = ["0.001", "0.01", "0.1", "1.0"]  # at float32, lr 1.0 diverges within 20
 JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
 SWEEP = (
     "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=20", "loop=numpy",
-    "log.tensorboard=false",
+    "log.tensorboard=false", "log.landscape=false",
 )  # fmt: skip
 
 
@@ -286,7 +286,7 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     proc = start_sweep(
         tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.02",
-        "train.steps=3000000", "loop=numpy",
+        "train.steps=3000000", "loop=numpy", "log.landscape=false",
     )  # fmt: skip
     jobs = [tmp_path / "sweep" / "0_optimizer.lr=0.01", tmp_path / "sweep" / "1_optimizer.lr=0.02"]
     try:
@@ -312,7 +312,9 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path
 @pytest.mark.slow
 def test_an_interrupted_sweep_still_writes_its_report(tmp_path):
     # job 0 finishes, job 1 is training when Ctrl-C comes, job 2 never starts
-    proc = start_sweep(tmp_path, "train.steps=30,3000000,3000001", "loop=numpy")
+    proc = start_sweep(
+        tmp_path, "train.steps=30,3000000,3000001", "loop=numpy", "log.landscape=false"
+    )
     sweep = tmp_path / "sweep"
     try:
         wait_for_rows(sweep / "1_train.steps=3000000")

@@ -129,3 +129,25 @@ def test_console_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("best lr: ")
     assert len(pd.read_csv(tmp_path / "lr" / CSV_NAME)) == 4
+
+
+def test_the_rates_jobs_open_no_sink_but_their_summary(tmp_path, capsys, monkeypatch):
+    # The jobs' directories are temporary: a landscape.png per rate (0.1 s each) or an MLflow
+    # run per rate would be work thrown away, or runs left in the user's tracking store.
+    import runner.run
+
+    opened = []
+    real = runner.run.open_sinks
+
+    def spy(*args, **kwargs):
+        sinks = real(*args, **kwargs)
+        opened.extend(type(s).__name__ for s in sinks)
+        return sinks
+
+    monkeypatch.setattr(runner.run, "open_sinks", spy)
+    code, _, err = lr_find(capsys, "--num", "3", "log.mlflow=true", "log.landscape=true",
+                           f"log.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                           f"hydra.run.dir={tmp_path / 'lr'}")  # fmt: skip
+    assert code == 0, err
+    assert opened == []
+    assert not (tmp_path / "mlflow.db").exists()

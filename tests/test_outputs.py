@@ -256,8 +256,9 @@ def test_diverged_cli_run_says_so_and_exits_zero(tmp_path):
     # the process's exit code; loop=numpy, which needs no torch: every loop diverges alike
     # (test_divergence_stops_at_once_and_keeps_what_was_logged)
     result = run_cli(
-        "optimizer.lr=1.0", "train.steps=500", "loop=numpy", "hydra.run.dir=run", cwd=tmp_path
-    )
+        "optimizer.lr=1.0", "train.steps=500", "loop=numpy", "log.landscape=false",
+        "hydra.run.dir=run", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "diverged at step" in result.stdout
 

@@ -18,10 +18,12 @@ LINEAR = ("model=linear", "data=synthetic", "data.n_features=2", "log.tensorboar
 @pytest.fixture
 def train(tmp_path):
     """`runner OVERRIDES... hydra.run.dir=RUN_DIR` in this process (Hydra writes .hydra/ there,
-    which predict reads); returns the run's summary."""
+    which predict reads; no landscape.png, which predict does not read); returns the run's
+    summary."""
 
     def train(run_dir, *overrides: str) -> dict:
-        result = cli_in_process(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        args = ("log.landscape=false", *overrides, f"hydra.run.dir={run_dir}")
+        result = cli_in_process(*args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         return json.loads((run_dir / "summary.json").read_text())
 

@@ -198,7 +198,7 @@ def test_resumed_tensorboard_shows_every_step_once(tmp_path, monkeypatch):
 def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, loop):
     steps = 4000 if loop == "numpy" else 1500
     args = [f"loop={loop}", *PROBLEM[:-1], "optimizer=adam", f"train.steps={steps}",
-            "train.checkpoint_every=100", "log.flush_secs=0.01"]  # fmt: skip
+            "train.checkpoint_every=100", "log.flush_secs=0.01", "log.landscape=false"]  # fmt: skip
     # the uninterrupted run and the resume run in this process; only the kill needs a process
     straight = cli_in_process(*args, "hydra.run.dir=straight", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
@@ -431,7 +431,7 @@ def test_a_changed_group_is_named_by_its_choice(tmp_path):
 
     def run_with(optimizer: str, *more: str) -> None:
         overrides = [f"optimizer={optimizer}", "train.steps=10", *more]
-        cfg = compose_config("log.progress=false", *overrides)
+        cfg = compose_config("log.progress=false", "log.landscape=false", *overrides)
         run(cfg, tmp_path / "run", overrides, choices={"optimizer": optimizer, "loop": "optim"})
 
     run_with("sgd")
@@ -464,7 +464,7 @@ def test_a_changed_schedule_is_refused_on_resume(tmp_path):
         from tests.helpers import compose_config
 
         overrides = ("train.steps=10", *overrides)
-        cfg = compose_config("log.progress=false", *overrides)
+        cfg = compose_config("log.progress=false", "log.landscape=false", *overrides)
         choices = {"scheduler": next((o.split("=")[1] for o in overrides
                                       if o.startswith("scheduler=")), "none")}  # fmt: skip
         run(cfg, tmp_path / "run", overrides, choices=choices)
@@ -574,6 +574,7 @@ def test_jobs_a_kill_left_checkpoints_apart_resume_side_by_side(tmp_path, loop, 
         *PROBLEM,
         "optimizer=adam",
         "log.tensorboard=false",
+        "log.landscape=false",
     )
 
     def jobs(root, steps):

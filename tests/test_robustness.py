@@ -64,7 +64,7 @@ def test_runs_started_together_never_share_a_directory(tmp_path):
 
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "runner", "train.steps=2", "loop=numpy"],
+            [sys.executable, "-m", "runner", "train.steps=2", "loop=numpy", "log.landscape=false"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         for _ in range(4)

@@ -88,7 +88,7 @@ def test_a_killed_sweep_resumes_to_the_bytes_of_its_uninterrupted_sweep(tmp_path
     args = [f"loop={loop}", "optimizer=adam", "model=linear", "data=synthetic",
             "data.n_features=2", "train.batch_size=5", f"train.steps={steps}",
             f"train.checkpoint_every={every}", "log.every_n_steps=10", "log.flush_secs=0.01",
-            "log.tensorboard=false"]  # fmt: skip
+            "log.tensorboard=false", "log.landscape=false"]  # fmt: skip
     # the uninterrupted sweep and the resume run in this process; only the kill needs a process
     straight = cli_in_process("-m", RATES, *LAUNCHERS[launcher], *args,
                               f"hydra.sweep.dir={tmp_path / 'straight'}", cwd=tmp_path)  # fmt: skip
@@ -135,6 +135,7 @@ def test_a_sweep_shows_a_progress_bar_on_a_terminal(tmp_path, launcher):
         "loop=numpy",
         "train.steps=20000",
         "log.tensorboard=false",
+        "log.landscape=false",
         f"hydra.sweep.dir={tmp_path / 's'}",
     ]
     code, text = run_on_a_terminal(argv, tmp_path)

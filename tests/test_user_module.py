@@ -277,7 +277,8 @@ def test_a_wrong_autograd_gradient_fails_against_finite_differences(monkeypatch)
 @pytest.mark.parametrize("loop", ["autograd", "optim"])
 def test_jobs_side_by_side_equal_runs_alone(tmp_path, loop):
     # what runner-lr-find trains: K rates in one loop, through torch.func.vmap
-    args = ("log.progress=false", *PROBLEM, f"loop={loop}", "optimizer=adam", "train.steps=10")
+    args = ("log.progress=false", "log.landscape=false", *PROBLEM, f"loop={loop}", "optimizer=adam",
+            "train.steps=10")  # fmt: skip
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / lr) for lr in ("0.01", "0.1")
     ]

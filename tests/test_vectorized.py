@@ -77,7 +77,9 @@ CASES = {
         "loop=optim", "optimizer=adam", "scheduler=plateau", "scheduler.patience=2", *LINEAR,
     ),
 }  # fmt: skip
-COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7")
+# landscape.png is drawn from the numbers these tests compare; test_pictures.py checks it, and
+# the lr_sweeps fixture checks each job of a sweep gets one
+COMMON = ("train.steps=30", "log.tensorboard=false", "log.every_n_steps=7", "log.landscape=false")
 RTOL = 1e-5  # float32 (SPEC)
 PLATEAU = ("scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5")
 
@@ -118,7 +120,7 @@ def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
     # What the vectorized launcher trains, in-process: run_jobs with one job per rate. Each
     # job's outputs agree with those of its run alone to the dtype's tolerance. (Numbers only:
     # landscape.png, drawn from these numbers, is left to the sweeps below and test_pictures.)
-    args = ("log.progress=false", "log.landscape=false", *CASES[case], *COMMON)
+    args = ("log.progress=false", *CASES[case], *COMMON)
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / job, (job,))
         for job, lr in zip(JOBS, RATES, strict=True)
@@ -135,7 +137,8 @@ def test_jobs_side_by_side_equal_runs_one_by_one(case, tmp_path):
 @pytest.fixture(scope="module")
 def lr_sweeps(tmp_path_factory) -> dict[str, Path]:
     """One sweep over RATES (numpy loop, Adam) under each launcher: launcher -> sweep dir."""
-    args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON)
+    args = ("-m", f"optimizer.lr={','.join(RATES)}", "loop=numpy", "optimizer=adam", *COMMON,
+            "log.landscape=true")  # fmt: skip
     root = tmp_path_factory.mktemp("lr_sweeps")
     dirs = {}
     for launcher, extra in (("vectorized", ("hydra/launcher=vectorized",)), ("basic", ())):
@@ -246,7 +249,8 @@ def test_the_vectorized_launcher_brings_its_sweeper_unless_one_is_chosen(lr_swee
 def test_a_side_by_side_jobs_checkpoint_continues_as_its_own_run(loop_args, tmp_path):
     # 20 steps side by side, then job 1's own run resumes from its checkpoint to 30: the same
     # rows as one run of 30 steps from scratch (optimizer state included).
-    args = ("log.progress=false", *loop_args, "log.tensorboard=false", "train.checkpoint_every=10")
+    args = ("log.progress=false", *loop_args, "log.tensorboard=false", "log.landscape=false",
+            "train.checkpoint_every=10")  # fmt: skip
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}", "train.steps=20"), tmp_path / str(j))
         for j, lr in enumerate(("0.01", "0.05"))
@@ -275,7 +279,7 @@ def test_a_scheduled_jobs_rates_are_those_of_its_own_run(loop, schedule, tmp_pat
     # float64, whose CSV values read back exactly: each job's lr column, bit for bit
     args = ("log.progress=false", f"loop={loop}", "optimizer=adam", *LINEAR, "train.batch_size=3",
             "train.steps=40", "train.dtype=float64", "log.tensorboard=false",
-            *SCHEDULED[schedule])  # fmt: skip
+            "log.landscape=false", *SCHEDULED[schedule])  # fmt: skip
     rates = ("0.05", "0.01", "0.002")
     jobs = [
         Job(compose_config(*args, f"optimizer.lr={lr}"), tmp_path / "side" / lr) for lr in rates
@@ -293,7 +297,8 @@ def test_a_scheduled_jobs_rates_are_those_of_its_own_run(loop, schedule, tmp_pat
 def test_jobs_side_by_side_resume_side_by_side_under_a_schedule(loop, tmp_path):
     # 20 steps of 3 jobs, then the same 3 resumed together to 30: the bytes of 30 straight
     args = ("log.progress=false", f"loop={loop}", "optimizer=adam", *LINEAR, "train.batch_size=3",
-            "log.tensorboard=false", "train.checkpoint_every=10", *PLATEAU)  # fmt: skip
+            "log.tensorboard=false", "log.landscape=false", "train.checkpoint_every=10",
+            *PLATEAU)  # fmt: skip
 
     def jobs(root: str, *more: str) -> list[Job]:
         return [
