@@ -12,6 +12,7 @@ and the ratio is of the two medians. Nothing is subtracted from either side.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -290,6 +291,18 @@ def compose_runs(runs: dict[str, list[str]]) -> dict[str, Composed]:
     return out
 
 
+WARMUP_STEPS = 5
+
+
+def warmup_of(run_cfg: Composed) -> Composed:
+    """The same run for WARMUP_STEPS steps (untimed: imports and first calls), without composing
+    it again."""
+    cfg = copy.deepcopy(run_cfg.cfg)
+    cfg.train.steps = WARMUP_STEPS
+    overrides = [o for o in run_cfg.overrides if not o.startswith("train.steps=")]
+    return Composed(cfg, [*overrides, f"train.steps={WARMUP_STEPS}"], run_cfg.choices)
+
+
 def runner_seconds_per_step(run_cfg: Composed, out_dir: Path, steps: int) -> float:
     """The runner's own measure: wall time of the training part (sinks included) / steps."""
     summary = run(run_cfg.cfg, out_dir, run_cfg.overrides, run_cfg.choices)
@@ -303,12 +316,12 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     with a cosine learning-rate schedule, bare and in the runner with logging off."""
     steps, fast = settings.steps, settings.mode == "fast"
     kinds = (("off", LOGGING_OFF), ("full", LOGGING_FULL), ("cosine", SCHEDULED))
-    runs, warmups = {}, {}
-    for loop in LOOPS:
-        for kind, extra in kinds:
-            runs[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *extra, f"train.steps={steps}"]
-            warmups[f"{loop}/{kind}"] = [*LOOP_OVERRIDES[loop], *extra, "train.steps=5"]
-    composed, warm = compose_runs(runs), compose_runs(warmups)
+    runs = {
+        f"{loop}/{kind}": [*LOOP_OVERRIDES[loop], *extra, f"train.steps={steps}"]
+        for loop in LOOPS
+        for kind, extra in kinds
+    }
+    composed = compose_runs(runs)
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
     bare_kinds = {"bare": BARE, "bare_cosine": BARE_COSINE}
     # An untimed first round: imports (tensorboard's protos, torch.optim) and first-call caches
@@ -317,7 +330,8 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
         for bare in bare_kinds.values():
             bare[loop](50)
         for kind, _ in kinds:
-            runner_seconds_per_step(warm[f"{loop}/{kind}"], next(out_dirs), 5)
+            warm = warmup_of(composed[f"{loop}/{kind}"])
+            runner_seconds_per_step(warm, next(out_dirs), WARMUP_STEPS)
     samples: dict[str, list[float]] = {
         key: [] for key in [*runs, *(f"{x}/{b}" for x in LOOPS for b in bare_kinds)]
     }
@@ -359,12 +373,10 @@ def measure_clipped(settings: Settings, work: Path) -> dict[str, dict[str, Any]]
     optim loop that clips with torch's clip_grad_norm_."""
     steps, fast = settings.steps, settings.mode == "fast"
     args = [*LOOP_OVERRIDES["optim"], *LOGGING_OFF, f"train.clip_grad_norm={CLIP_GRAD_NORM}"]
-    composed = compose_runs(
-        {"run": [*args, f"train.steps={steps}"], "warm": [*args, "train.steps=5"]}
-    )
+    composed = compose_runs({"run": [*args, f"train.steps={steps}"]})
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
     bare_optim_clipped(50)  # untimed, as in measure_steps
-    runner_seconds_per_step(composed["warm"], next(out_dirs), 5)
+    runner_seconds_per_step(warmup_of(composed["run"]), next(out_dirs), WARMUP_STEPS)
     bare, runner = [], []
     for _ in range(settings.reps):
         bare.append(bare_optim_clipped(steps)[0] / steps)
@@ -382,12 +394,10 @@ def measure_mlp(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     """Per-step time of `loop=numpy` on the MLP (logging off), against the bare NumPy MLP."""
     steps, fast = settings.steps, settings.mode == "fast"
     args = [*MLP_RUN, "loop=numpy", *LOGGING_OFF]
-    composed = compose_runs(
-        {"run": [*args, f"train.steps={steps}"], "warm": [*args, "train.steps=5"]}
-    )
+    composed = compose_runs({"run": [*args, f"train.steps={steps}"]})
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
     bare_numpy_mlp(50)  # untimed, as in measure_steps
-    runner_seconds_per_step(composed["warm"], next(out_dirs), 5)
+    runner_seconds_per_step(warmup_of(composed["run"]), next(out_dirs), WARMUP_STEPS)
     bare, runner = [], []
     for _ in range(settings.reps):
         bare.append(bare_numpy_mlp(steps)[0] / steps)
@@ -425,13 +435,9 @@ def measure_mlflow(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     base = [*LOOP_OVERRIDES["optim"], *LOGGING_FULL]
     with_mlflow = [*base, "log.mlflow=true", f"log.mlflow_uri={uri}"]
     composed = compose_runs(
-        {
-            "off": [*base, f"train.steps={steps}"],
-            "on": [*with_mlflow, f"train.steps={steps}"],
-            "off_warm": [*base, "train.steps=5"],
-            "on_warm": [*with_mlflow, "train.steps=5"],
-        }
+        {"off": [*base, f"train.steps={steps}"], "on": [*with_mlflow, f"train.steps={steps}"]}
     )
+    composed |= {f"{kind}_warm": warmup_of(composed[kind]) for kind in ("off", "on")}
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
 
     def seconds_per_step(kind: str, n: int) -> float:
@@ -446,7 +452,7 @@ def measure_mlflow(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
     try:
         for kind in ("off_warm", "on_warm"):  # untimed: MLflow's imports and first calls
-            seconds_per_step(kind, 5)
+            seconds_per_step(kind, WARMUP_STEPS)
         off, on = [], []
         for _ in range(settings.reps):
             off.append(seconds_per_step("off", steps))

@@ -226,7 +226,7 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path, loop):
 
 def test_a_sweep_resumes_skipping_finished_jobs(tmp_path):
     sweep = ["-m", "loop=numpy", "optimizer.lr=0.001,0.01,0.1", "train.steps=50",
-             "train.checkpoint_every=10",
+             "train.checkpoint_every=10", "log.landscape=false",
              f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     first = cli_in_process(*sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr

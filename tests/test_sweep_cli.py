@@ -232,7 +232,7 @@ def test_a_loop_sweep_reports_the_loops_agree(tmp_path):
     # no hydra.sweep.dir: the report must land in the default, time-stamped sweep directory
     result = cli_in_process(
         "-m", "loop=numpy,autograd,optim", "train.dtype=float64,float32", "train.steps=100",
-        "log.tensorboard=false", cwd=tmp_path,
+        "log.tensorboard=false", "log.landscape=false", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (parity_csv,) = (tmp_path / "multirun").glob("*/*/parity.csv")
