@@ -55,8 +55,8 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 
 
 def _split(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list | None]:
-    """The group choices and the parsed plain value overrides; None for the values when an
-    override is anything else (a group added or deleted, a `hydra.` key): Hydra does it all."""
+    """The overrides Hydra composes (group choices, `hydra` keys) and the parsed plain value
+    overrides; None for the values when a group is added or deleted: Hydra then does it all."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups, values = [], []
     for line, override in zip(overrides, parsed, strict=True):
