@@ -368,52 +368,49 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
+def runner_against_bare(
+    args: list[str], bare: Callable[[int], tuple], settings: Settings, work: Path
+) -> tuple[str, list[float], list[float]]:
+    """One runner row against one bare loop: the runner command's label, and the per-step
+    samples of the runner with `args` and of `bare`, interleaved, after an untimed round of
+    each (as in measure_steps)."""
+    steps = settings.steps
+    composed = compose_runs({"run": [*args, f"train.steps={steps}"]})["run"]
+    out_dirs = (work / f"run{i}" for i in range(1_000_000))
+    bare(50)
+    runner_seconds_per_step(warmup_of(composed), next(out_dirs), WARMUP_STEPS)
+    bare_samples, runner = [], []
+    for _ in range(settings.reps):
+        bare_samples.append(bare(steps)[0] / steps)
+        runner.append(runner_seconds_per_step(composed, next(out_dirs), steps))
+    return f"runner {' '.join(composed.overrides)}", runner, bare_samples
+
+
 def measure_clipped(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     """Per-step time of the optim loop with train.clip_grad_norm (logging off), against the bare
     optim loop that clips with torch's clip_grad_norm_."""
-    steps, fast = settings.steps, settings.mode == "fast"
     args = [*LOOP_OVERRIDES["optim"], *LOGGING_OFF, f"train.clip_grad_norm={CLIP_GRAD_NORM}"]
-    composed = compose_runs({"run": [*args, f"train.steps={steps}"]})
-    out_dirs = (work / f"run{i}" for i in range(1_000_000))
-    bare_optim_clipped(50)  # untimed, as in measure_steps
-    runner_seconds_per_step(warmup_of(composed["run"]), next(out_dirs), WARMUP_STEPS)
-    bare, runner = [], []
-    for _ in range(settings.reps):
-        bare.append(bare_optim_clipped(steps)[0] / steps)
-        runner.append(runner_seconds_per_step(composed["run"], next(out_dirs), steps))
-    label = f"runner {' '.join([*args, f'train.steps={steps}'])}"
-    bare_label = f"bare optim loop with clip_grad_norm_, {steps} steps"
+    label, runner, bare = runner_against_bare(args, bare_optim_clipped, settings, work)
+    bare_label = f"bare optim loop with clip_grad_norm_, {settings.steps} steps"
     return {
         "step/optim/clip_grad_norm": measurement(
-            "s/step", label, runner, bare_label, bare, TARGET_RUNNER_VS_BARE, fast
+            "s/step", label, runner, bare_label, bare, TARGET_RUNNER_VS_BARE,
+            settings.mode == "fast",
         )
-    }
+    }  # fmt: skip
 
 
 def measure_mlp(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     """Per-step time of `loop=numpy` on the MLP (logging off), against the bare NumPy MLP."""
-    steps, fast = settings.steps, settings.mode == "fast"
     args = [*MLP_RUN, "loop=numpy", *LOGGING_OFF]
-    composed = compose_runs({"run": [*args, f"train.steps={steps}"]})
-    out_dirs = (work / f"run{i}" for i in range(1_000_000))
-    bare_numpy_mlp(50)  # untimed, as in measure_steps
-    runner_seconds_per_step(warmup_of(composed["run"]), next(out_dirs), WARMUP_STEPS)
-    bare, runner = [], []
-    for _ in range(settings.reps):
-        bare.append(bare_numpy_mlp(steps)[0] / steps)
-        runner.append(runner_seconds_per_step(composed["run"], next(out_dirs), steps))
-    label = f"runner {' '.join([*args, f'train.steps={steps}'])}"
+    label, runner, bare = runner_against_bare(args, bare_numpy_mlp, settings, work)
+    bare_label = f"bare NumPy MLP loop, {settings.steps} steps"
     return {
         "step/numpy/mlp": measurement(
-            "s/step",
-            label,
-            runner,
-            f"bare NumPy MLP loop, {steps} steps",
-            bare,
-            TARGET_RUNNER_VS_BARE,
-            fast,
+            "s/step", label, runner, bare_label, bare, TARGET_RUNNER_VS_BARE,
+            settings.mode == "fast",
         )
-    }
+    }  # fmt: skip
 
 
 def measure_mlflow(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
