@@ -870,6 +870,12 @@ def open_sinks(
     sinks: list = []
     if log.csv:
         sinks.append(CsvSink(out_dir / "metrics.csv", layout.columns, dtype, csv_keep))
+    # the resolved config, for the sinks that record it (TensorBoard's text, MLflow's params)
+    config = (
+        OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        if log.tensorboard or log.mlflow
+        else None
+    )
     tensorboard = None
     if log.tensorboard:
         from runner.sinks.tensorboard_sink import TensorBoardSink, hparams_of
@@ -877,7 +883,7 @@ def open_sinks(
         tensorboard = TensorBoardSink(
             out_dir / "tensorboard",
             layout,
-            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            config=config,
             hparams=hparams_of(cfg, overrides, choices),
             resume_at=resume_at,
         )
@@ -897,7 +903,7 @@ def open_sinks(
             MlflowSink(
                 out_dir,
                 layout,
-                OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                config,
                 dtype,
                 log.mlflow_uri,
                 overrides,
