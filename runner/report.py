@@ -575,12 +575,17 @@ def seed_keys(swept: Sequence[str]) -> list[str]:
     return [key for key in swept if key in SEED_KEYS]
 
 
+def setting_keys(swept: Sequence[str]) -> list[str]:
+    """The other swept keys: those whose values make the groups the seeds repeat."""
+    return [key for key in swept if key not in SEED_KEYS]
+
+
 def aggregate_table(table: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
     """One row per group of jobs equal in every swept key but the seeds: those keys, `n` (its
     jobs), and the mean and sample standard deviation (ddof=1: NaN for a group of one) of
     final_loss and best_loss over its jobs. A job without a loss (failed, or NaN) is left out
     of its group's mean and std, but counted in `n`."""
-    others = [key for key in swept if key not in SEED_KEYS]
+    others = setting_keys(swept)
     grouped = table.groupby(others, sort=False, dropna=False) if others else [((), table)]
     rows = []
     for values, group in grouped:
@@ -600,7 +605,7 @@ def aggregate_table(table: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
 def group_jobs(jobs: Sequence[Job], swept: Sequence[str]) -> tuple[list[list[Job]], list[str]]:
     """The jobs in groups of equal swept values but the seeds (in order of first appearance),
     and each group's label: its values (`adam, 0.1`, or `optimizer=adam, optimizer.lr=0.1`)."""
-    others = [key for key in swept if key not in SEED_KEYS]
+    others = setting_keys(swept)
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(job.value(key) for key in others), []).append(job)
@@ -627,15 +632,15 @@ def band_figure(groups: Sequence[Sequence[Job]], labels: Sequence[str], title: s
         frames = [j.metrics[["step", "loss"]] for j in members if j.metrics is not None]
         if not frames:
             continue
-        if any(j.status == "diverged" for j in members):
+        # a group with a diverged job sets the y range by where it started only
+        diverged = any(j.status == "diverged" for j in members)
+        if diverged:
             label += " (diverged)"
         stats = pd.concat(frames).groupby("step")["loss"].agg(["mean", "std"])
         step, mean = stats.index.to_numpy(), stats["mean"].to_numpy(float)
         std = np.nan_to_num(stats["std"].to_numpy(float))  # one job at a step: no band
         ax.plot(step, np.where(mean > 0, mean, np.nan), color=color, lw=1.8,
                 label=textwrap.fill(label, LABEL_WIDTH))  # fmt: skip
-        # a group with a diverged job sets the y range by where it started only
-        diverged = any(j.status == "diverged" for j in members)
         curves.append((step, mean, std, color, diverged))
     positive = [m[np.isfinite(m) & (m > 0)] for _, m, _, _, _ in curves]
     kept = [v[:1] if d else v for v, (*_, d) in zip(positive, curves, strict=True)]
@@ -751,7 +756,7 @@ def write_report(
         legend_title = swept[0] if len(swept) == 1 else ""
         if seeds:
             groups, group_labels = group_jobs(jobs, swept)
-            others = [key for key in swept if key not in SEED_KEYS]
+            others = setting_keys(swept)
             over = ", ".join(seeds)
             outputs.save(
                 "loss.png",
