@@ -37,7 +37,7 @@ def compose_config(*overrides: str) -> DictConfig:
     suite asks for over a thousand (tests/test_config.py checks the two ways agree)."""
     groups, values = _split(overrides)
     if values is None:
-        return copy.deepcopy(_composed(tuple(overrides)))
+        return compose_config_by_hydra(*overrides)
     cfg = copy.deepcopy(_composed(groups))
     ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
     return cfg
