@@ -18,7 +18,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner import schema
 from runner.run import run
@@ -56,7 +56,8 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
 
 def _split(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list | None]:
     """The overrides Hydra composes (group choices, `hydra` keys) and the parsed plain value
-    overrides; None for the values when a group is added or deleted: Hydra then does it all."""
+    overrides; None for the values when a group is added or deleted: Hydra then does it all.
+    The group choices come in one spelling per composition (_same_composition)."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups, values = [], []
     for line, override in zip(overrides, parsed, strict=True):
@@ -64,13 +65,32 @@ def _split(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list | None]:
         if key.split("/")[0] in _GROUPS or key.split(".")[0] == "hydra":
             if override.is_add() or override.is_delete() or override.is_force_add():
                 return tuple(overrides), None
-            groups.append(line)
+            groups.append((key, override.value(), line))
         else:
             values.append(override)
-    return tuple(groups), values
+    return _same_composition(groups), values
+
+
+def _same_composition(groups: list[tuple[str, object, str]]) -> tuple[str, ...]:
+    """The group choices in one spelling per composition: sorted, and without the choices
+    config.yaml makes anyway. Kept as given when a preset may pick other groups (then a default
+    choice named on the command line overrides it) or when a key is given twice."""
+    keys = [key for key, _, _ in groups]
+    if len(set(keys)) < len(keys) or PRESET_GROUPS & set(keys):
+        return tuple(line for _, _, line in groups)
+    kept = [(k, line) for k, v, line in groups if _DEFAULT_CHOICES.get(k, object()) != v]
+    return tuple(line for _, line in sorted(kept))
 
 
 _GROUPS = {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} | {"hydra"}
+PRESET_GROUPS = {"experiment", "hparams_search"}
+_DEFAULT_CHOICES = {
+    key: value
+    for entry in OmegaConf.load(REPO / "conf" / "config.yaml").defaults
+    if isinstance(entry, DictConfig)
+    for key, value in entry.items()
+    if value is not None
+}
 
 
 def train(out_dir: Path, *overrides: str) -> tuple[dict, pd.DataFrame | None]:

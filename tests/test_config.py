@@ -201,6 +201,9 @@ def test_bad_values_are_refused_before_training(runs, tmp_path, overrides, messa
         ("data=synthetic", "train.batch_size=4", "log.every_n_steps=2", "model.init=null"),
         ("model=module", "model.target=examples.tinynet.TinyNet", "model.kwargs={hidden:4}"),
         ("train.dtype=float64", "log.csv=false", "hydra.run.dir=elsewhere"),
+        ("optimizer=adam", "model=scalar", "loop=numpy"),  # a default choice, named
+        ("experiment=tanh_mlp", "model=scalar", "train.steps=2"),  # ... after a preset's
+        ("loop=numpy", "loop=autograd"),  # the last of two choices
         ("train.steps=abc",),  # each error as Hydra raises it
         ("no_such_key=1",),
         ("train.no_such_key=1",),
