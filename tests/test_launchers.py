@@ -28,7 +28,11 @@ from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
 from tests.helpers import cli_in_process, compose_config, run_cli, wait_for
 
-RATES = ["0.001", "0.01", "0.1", "1.0"]  # at float32, lr 1.0 diverges within 20 steps
+# At float32, lr 1.0 diverges within 20 steps; lr -1 is refused by the job itself (run()
+# validates the optimizer): under joblib or submitit in a worker process, which the runner
+# process learns of from the job's failed.json. Bad input is exit 2 under every launcher, as
+# for a single run.
+RATES = ["0.001", "0.01", "0.1", "1.0", "-1"]
 JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
 SWEEP = (
     "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=20", "loop=numpy",
@@ -48,10 +52,11 @@ def command(launcher: str, *argv: str, cwd: Path, **env: str):
 
 
 def sweep_with(launcher: str, root: Path, *args: str, **env: str) -> Path:
-    """The SWEEP run by `hydra/launcher=<launcher>` into root/<launcher>; returns that dir."""
+    """The SWEEP run by `hydra/launcher=<launcher>` into root/<launcher> (exit 2: one job's input
+    is bad, as RATES says); returns that dir."""
     sweep = root / launcher
     result = command(launcher, *SWEEP, *args, f"hydra.sweep.dir={sweep}", cwd=root, **env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr  # the job with lr -1
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".") == JOBS
     return sweep
 
@@ -65,7 +70,7 @@ def results(sweep: Path) -> pd.DataFrame:
 def basic(tmp_path_factory) -> pd.DataFrame:
     """The SWEEP's summary.csv as Hydra's basic launcher, one job after another, leaves it."""
     table = results(sweep_with("basic", tmp_path_factory.mktemp("basic")))
-    assert table["status"].tolist() == ["completed"] * 3 + ["diverged"]
+    assert table["status"].tolist() == ["completed"] * 3 + ["diverged", "failed"]
     return table
 
 
@@ -76,21 +81,10 @@ def test_a_launcher_plugin_runs_the_same_jobs(launcher, basic, tmp_path):
     pd.testing.assert_frame_equal(results(sweep), basic, check_exact=False, rtol=1e-12)
     if launcher == "submitit_local":
         # submitit keeps each job's console output in the job's log, not on the sweep's console
-        logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out"))
-        for job in JOBS:
+        logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+        for job in JOBS[:-1]:
             assert f"-> {sweep / job}\n" in logs
-
-
-@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
-def test_a_job_that_fails_in_a_worker_makes_the_sweep_exit_as_it_would_alone(tmp_path, launcher):
-    # lr -1 is refused by the job itself (run() validates the optimizer): under joblib that
-    # happens in a worker process, which the runner process learns of from the job's
-    # failed.json. Bad input is exit 2 under every launcher, as for a single run.
-    sweep = tmp_path / launcher
-    result = command(launcher, "-m", "optimizer.lr=0.01,-1", "train.steps=5", "loop=numpy",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert pd.read_csv(sweep / "summary.csv")["status"].tolist() == ["completed", "failed"]
+        assert "runner: error: optimizer.lr=-1.0: expected a number > 0\n" in logs
 
 
 def free_port() -> int:
