@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import json
 import math
 import os
@@ -587,14 +588,17 @@ def measure_long_sweeps(settings: Settings, work: Path) -> dict[str, dict[str, A
     rates = sweep_rates(settings.sweep_jobs)
     n, fast = len(rates), settings.mode == "fast"
     rows = {}
-    for loop in ("numpy", "optim"):
+    # Each loop with and without landscape.png: every job draws its own (SPEC.md), and the
+    # pictures are most of these sweeps' time (README, Performance).
+    for loop, pictures in itertools.product(("numpy", "optim"), (True, False)):
         args = [f"loop={loop}", "model=linear", "data=seed_line",
-                f"train.steps={settings.long_sweep_steps}"]  # fmt: skip
+                f"train.steps={settings.long_sweep_steps}",
+                *([] if pictures else ["log.landscape=false"])]  # fmt: skip
         sweep_cmd = [*runner, "-m", f"optimizer.lr={','.join(rates)}", *args,
                      "hydra/launcher=vectorized"]  # fmt: skip
         single_cmd = [*runner, "optimizer.lr=0.01", *args]
         s = interleaved({"sweep": sweep_cmd, "single": single_cmd}, settings.sweep_reps, False,
-                        work / loop)  # fmt: skip
+                        work / f"{loop}_{'pictures' if pictures else 'none'}")  # fmt: skip
         label = " ".join(args)
         row = measurement(
             "s",
@@ -602,11 +606,11 @@ def measure_long_sweeps(settings: Settings, work: Path) -> dict[str, dict[str, A
             s["sweep"],
             f"runner optimizer.lr=0.01 {label}",
             s["single"],
-            TARGET_LONG_SWEEP[loop],
+            TARGET_LONG_SWEEP[loop] if pictures else None,
             fast,
         )
         row["jobs"] = n
-        rows[f"sweep/linear_{loop}_vectorized_{n}"] = row
+        rows[f"sweep/linear_{loop}_vectorized_{n}{'' if pictures else '_no_landscape'}"] = row
     return rows
 
 

@@ -43,7 +43,9 @@ MEASURED = {
     "sweep/basic_launcher_3": None,
     "sweep/vectorized_3": 2.0,
     "sweep/linear_numpy_vectorized_3": 2.0,
+    "sweep/linear_numpy_vectorized_3_no_landscape": None,
     "sweep/linear_optim_vectorized_3": 4.0,
+    "sweep/linear_optim_vectorized_3_no_landscape": None,
 }
 
 
