@@ -92,7 +92,7 @@ class Settings:
 
 FULL = Settings("full", 4000, 9, 7, 64, 100, 2000, 3, True)
 # Small enough for the test suite; the numbers it gives mean nothing.
-FAST = Settings("fast", 50, 1, 1, 3, 5, 5, 1, False)
+FAST = Settings("fast", 50, 1, 1, 2, 5, 5, 1, False)
 
 
 # -- bare loops: what a user would write by hand -------------------------------------------

@@ -18,7 +18,7 @@ from tests.helpers import REPO, cli_in_process
 
 SCRIPT = REPO / "benchmarks" / "run.py"
 
-# The fast mode's sweep has 3 jobs; the full mode's has 64.
+# The fast mode's sweep has 2 jobs; the full mode's has 64.
 MEASURED = {
     "step/numpy/logging_off": 1.10,
     "step/numpy/logging_full": None,
@@ -40,12 +40,12 @@ MEASURED = {
     "startup/autograd_vs_import_torch": 1.3,
     "startup/numpy_vs_import_torch": None,
     "startup/optim_vs_bare_optim_script": None,
-    "sweep/basic_launcher_3": None,
-    "sweep/vectorized_3": 2.0,
-    "sweep/linear_numpy_vectorized_3": 2.0,
-    "sweep/linear_numpy_vectorized_3_no_landscape": None,
-    "sweep/linear_optim_vectorized_3": 4.0,
-    "sweep/linear_optim_vectorized_3_no_landscape": None,
+    "sweep/basic_launcher_2": None,
+    "sweep/vectorized_2": 2.0,
+    "sweep/linear_numpy_vectorized_2": 2.0,
+    "sweep/linear_numpy_vectorized_2_no_landscape": None,
+    "sweep/linear_optim_vectorized_2": 4.0,
+    "sweep/linear_optim_vectorized_2_no_landscape": None,
 }
 
 
@@ -130,8 +130,8 @@ def test_every_measurement_is_there_with_consistent_numbers(fast_run):
 def test_both_sweeps_time_the_same_jobs(fast_run):
     *_, out = fast_run
     measurements = json.loads(out.read_text())["measurements"]
-    basic, vectorized = measurements["sweep/basic_launcher_3"], measurements["sweep/vectorized_3"]
-    assert basic["jobs"] == vectorized["jobs"] == 3
+    basic, vectorized = measurements["sweep/basic_launcher_2"], measurements["sweep/vectorized_2"]
+    assert basic["jobs"] == vectorized["jobs"] == 2
     assert vectorized["runner_run"] == basic["runner_run"] + " hydra/launcher=vectorized"
     assert vectorized["baseline_samples"] == basic["baseline_samples"]  # the same single runs
 
