@@ -65,7 +65,9 @@ def _split(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list | None]:
         if key.split("/")[0] in _GROUPS or key.split(".")[0] == "hydra":
             if override.is_add() or override.is_delete() or override.is_force_add():
                 return tuple(overrides), None
-            groups.append((key, override.value(), line))
+            # a choice with a package (`model@head=...`) never counts as the default one
+            named = key if override.package is None else f"{key}@{override.package}"
+            groups.append((named, override.value(), line))
         else:
             values.append(override)
     return _same_composition(groups), values
@@ -76,14 +78,14 @@ def _same_composition(groups: list[tuple[str, object, str]]) -> tuple[str, ...]:
     config.yaml makes anyway. Kept as given when a preset may pick other groups (then a default
     choice named on the command line overrides it) or when a key is given twice."""
     keys = [key for key, _, _ in groups]
-    if len(set(keys)) < len(keys) or PRESET_GROUPS & set(keys):
+    if len(set(keys)) < len(keys) or _PRESET_GROUPS & set(keys):
         return tuple(line for _, _, line in groups)
     kept = [(k, line) for k, v, line in groups if _DEFAULT_CHOICES.get(k, object()) != v]
     return tuple(line for _, line in sorted(kept))
 
 
 _GROUPS = {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} | {"hydra"}
-PRESET_GROUPS = {"experiment", "hparams_search"}
+_PRESET_GROUPS = {"experiment", "hparams_search"}
 _DEFAULT_CHOICES = {
     key: value
     for entry in OmegaConf.load(REPO / "conf" / "config.yaml").defaults
