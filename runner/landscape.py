@@ -41,7 +41,7 @@ LEVELS = 20
 # A diverged path is drawn up to where it leaves this many times the extent of its first steps.
 DIVERGED_REACH = 10.0
 FIGSIZE = (6.0, 4.5)  # inches; 600 x 450 pixels at DPI
-LEGEND_CHARS = 110  # about this many characters of small text fit across trajectories.png
+LEGEND_CHARS = 110  # about this many characters of small text fit across a picture
 DPI = 100
 
 
@@ -271,14 +271,28 @@ def trajectories_figure(
         below.set_ylabel(s.names[0])
         below.grid(True, alpha=0.3)
         axes = [ax, below]
-    longest = max(len(label) for label in labels)
-    ncols = max(1, min(len(labels), LEGEND_CHARS // (longest + 6)))
-    legend = fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
-                        ncols=ncols, fontsize="small", title=legend_title or None)  # fmt: skip
-    # taller by the legend: every label on the figure, the plots at their size
-    fig.set_figheight(fig.get_figheight() + legend.get_window_extent().height / DPI + 0.1)
+    legend_below(fig, axes[0], legend_title)
     axes[0].set_title(title, fontsize="medium")
     return fig
+
+
+def legend_below(fig: Figure, ax: Axes, title: str = "") -> None:
+    """The legend of `ax`'s lines below the plots of `fig` (laid out by constrained layout),
+    in as many columns as the figure's width holds; the figure grows taller by its height, so
+    that the plots keep their size and every label stays on the figure."""
+    handles, labels = ax.get_legend_handles_labels()
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    ncols = max(1, min(len(labels), LEGEND_CHARS // (longest + 6)))  # a first guess
+    fig.set_layout_engine("constrained")
+    while True:
+        legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols,
+                            fontsize="small", title=title or None)  # fmt: skip
+        box = legend.get_window_extent()
+        if ncols == 1 or box.width <= fig.bbox.width - 10:  # and a few pixels to spare
+            break
+        legend.remove()
+        ncols -= 1
+    fig.set_figheight(fig.get_figheight() + box.height / DPI + 0.1)
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -55,12 +55,10 @@ DPI = 100
 # loss.png names each job in a legend up to this many jobs, and shows a colour bar beyond.
 MAX_LEGEND = 20
 # A legend label longer than this many characters is wrapped; the legend sits inside the plot
-# for at most INSIDE_LEGEND labels none of which was wrapped, else below it in columns
-# (about LEGEND_CHARS characters of small text fit across the figure): runs that differ in many
-# settings would otherwise cover the curves, or run off the figure.
+# for at most INSIDE_LEGEND labels none of which was wrapped, else below it in as many columns
+# as fit: runs that differ in many settings would otherwise cover the curves.
 LABEL_WIDTH = 32
 INSIDE_LEGEND = 10
-LEGEND_CHARS = 110
 # Lines that coincide (the loops agree): thick solid, dashed, dotted, so each one shows.
 _COINCIDING_STYLES = ("-", "--", ":")
 # Swept keys whose jobs are repeats of one setting: aggregate.csv groups over them.
@@ -457,20 +455,17 @@ def loss_figure(
 
 
 def _legend(fig: Figure, ax: Axes, title: str) -> None:
-    """The jobs' legend: inside the plot for a few short labels; otherwise below it, in as
-    many columns as the labels' width allows, the figure growing taller by the legend's height
-    so that the plot keeps its size and every label stays on the figure."""
-    handles, labels = ax.get_legend_handles_labels()
+    """The jobs' legend: inside the plot for a few short labels; otherwise below it
+    (landscape.legend_below)."""
+    from runner.landscape import legend_below
+
+    labels = ax.get_legend_handles_labels()[1]
     if not labels:
         return
-    longest = max(len(line) for label in labels for line in label.split("\n"))
     if len(labels) <= INSIDE_LEGEND and "\n" not in "".join(labels):
         ax.legend(title=title or None, fontsize="small")
         return
-    ncols = max(1, min(len(labels), LEGEND_CHARS // (longest + 6)))
-    legend = fig.legend(handles, labels, title=title or None, fontsize="small",
-                        loc="outside lower center", ncols=ncols)  # fmt: skip
-    fig.set_figheight(fig.get_figheight() + legend.get_window_extent().height / DPI + 0.1)
+    legend_below(fig, ax, title)
 
 
 def _job_colorbar(fig: Figure, ax: Axes, labels: Sequence[str], title: str) -> None:

@@ -334,6 +334,25 @@ def test_twelve_jobs_over_three_keys_keep_the_legend_off_the_plot(tmp_path):
     assert plot.height >= 0.6 * 500  # the plot keeps its size; the figure grew instead
 
 
+@pytest.mark.parametrize("n", [15, 25])
+def test_a_legend_of_many_short_labels_stays_on_the_figure(tmp_path, n):
+    # 15 rates: loss.png's legend goes below the plot; trajectories.png's always does (25 get
+    # loss.png a colour bar instead). Its columns are as many as the figure's width holds.
+    jobs = report.collect_jobs(_one_job_dir(tmp_path)) * n
+    labels = [f"{0.001 * (i + 1):.3g}" for i in range(n)]
+    figures = [report.trajectories(jobs, labels, "title", "optimizer.lr")]
+    if n <= report.MAX_LEGEND:
+        figures.append(report.loss_figure(jobs, labels, "title", "optimizer.lr"))
+    for fig in figures:
+        fig.savefig(io.BytesIO(), format="png")  # lays the figure out
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == labels
+        for artist in (legend, *legend.get_texts()):
+            box = artist.get_window_extent()
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1, artist
+        assert legend.get_window_extent().y1 < min(a.get_window_extent().y0 for a in fig.axes)
+
+
 def _one_job_dir(tmp_path: Path) -> Path:
     make_sweep(tmp_path / "one", ["optimizer.lr=0.01"], fixed=("train.steps=5",))
     return tmp_path / "one"
