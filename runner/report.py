@@ -476,6 +476,7 @@ def _job_colorbar(fig: Figure, ax: Axes, labels: Sequence[str], title: str) -> N
 
     n = len(labels)
     cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, n)))
+    fig.set_layout_engine("constrained")
     bar = fig.colorbar(ScalarMappable(Normalize(-0.5, n - 0.5), cmap), ax=ax, label=title or None)
     ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
     bar.set_ticks(ticks, labels=[labels[i] for i in ticks])
@@ -526,7 +527,11 @@ def _figure() -> tuple[Figure, Axes]:
     # caller's process (a notebook keeps its own); savefig renders PNGs with Agg by itself.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    # Fixed margins, which hold a plot with its legend inside: a layout engine would take a
+    # third of the picture's time. A legend below the plot or a colour bar, whose size the
+    # labels decide, hands the figure to constrained layout.
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     return fig, fig.add_subplot()
 
 
