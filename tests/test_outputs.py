@@ -102,6 +102,27 @@ def test_tensorboard_config_text_is_the_resolved_config_without_targets(runs, tm
     assert config["loss"] == {} and config["train"]["dtype"] == "float64"
 
 
+def test_the_config_text_is_what_omegaconf_writes():
+    # config_text emits with libyaml for speed; its text is OmegaConf.to_yaml's, the strings
+    # OmegaConf would read back as numbers or booleans quoted, an enum (train.dtype) by name
+    from omegaconf import OmegaConf
+
+    from runner.sinks.tensorboard_sink import config_text
+
+    cfg = compose_config("model=module", "model.target=examples.tinynet.TinyNet",
+                         "model.kwargs={hidden:4,name:'1e-3',flag:'y',kind:'true'}",
+                         "data=points", "data.x=[1,2]", "data.y=[2,4]",
+                         "train.dtype=float64")  # fmt: skip
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for part in resolved.values():
+        part.pop("_target_", None)
+        part.pop("_recursive_", None)
+    expected = OmegaConf.to_yaml(resolved)
+    assert "name: '1e-3'" in expected and "flag: 'y'" in expected and "dtype: float64" in expected
+    assert config_text(OmegaConf.to_container(cfg, resolve=True)) == expected
+    assert config_text(cfg) == expected
+
+
 def test_histograms_only_of_parameters_of_a_bucket_per_element(runs, tmp_path):
     n = HISTOGRAM_MIN_ELEMENTS
     runs("model=linear", "data=synthetic", f"data.n_features={n}", "train.steps=3")
