@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.hydra import Hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -135,6 +136,8 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         patch.setattr(jobs, "_FAILED", [])  # the exit codes this process noted
         patch.setattr(cli, "_STARTED", [])
         patch.setattr(callbacks, "_SWEEP_UNDER_WAY", [])
+        if not any("hydra.mode" in a or a.startswith(_CONFIG_FLAGS) for a in args):
+            patch.setattr(Hydra, "get_mode", _no_mode)
         try:
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 code = cli.cli()
@@ -149,6 +152,17 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(
         ["runner", *args], code, stdout.getvalue(), stderr.getvalue()
     )
+
+
+# Hydra composes the whole config once per command only to read hydra.mode (Hydra.get_mode),
+# which is None unless a config or the command line sets it. No shipped config does
+# (tests/test_config.py checks), so in this process a command that names neither hydra.mode
+# nor a config of its own skips that composition: 0.1 s of every command.
+_CONFIG_FLAGS = ("--config", "-c")  # --config-dir, --config-name, --config-path, -cd, -cn, -cp
+
+
+def _no_mode(self, config_name, overrides):
+    return None
 
 
 def wait_for(check, timeout: float, what: str, every: float = 0.05):

@@ -226,3 +226,24 @@ def test_the_tests_shortcut_composes_what_hydra_composes(overrides):
         return OmegaConf.to_yaml(cfg), flags, OmegaConf.get_type(cfg.train)
 
     assert outcome(compose_config) == outcome(compose_config_by_hydra)
+
+
+def test_no_config_sets_hydra_mode_so_the_tests_cli_need_not_look():
+    # tests/helpers.cli_in_process skips Hydra.get_mode, which composes a command's config only
+    # to read hydra.mode: None here, from Hydra's own default, and no shipped file sets it.
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from tests.helpers import REPO
+
+    for path in sorted((REPO / "conf").rglob("*.yaml")):
+        assert OmegaConf.select(OmegaConf.load(path), "hydra.mode") is None, path
+    overrides = ["optimizer.lr=0.1,0.2", "hydra/launcher=vectorized", "experiment=tanh_mlp"]
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN,
+                                   validate_sweep_overrides=False)  # fmt: skip
+        assert hydra.get_mode("config", overrides) is None
+    assert cfg.hydra.mode is None and cfg.hydra.launcher._target_.endswith("VectorizedLauncher")
