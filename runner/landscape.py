@@ -245,16 +245,20 @@ def trajectories_figure(
         import matplotlib
 
         colors = list(matplotlib.colormaps["tab20"](np.arange(len(paths)) % 20))
+    # Fixed margins in inches (labels of a few characters), not a layout engine: a third of
+    # the picture's time. A 2-D picture's colour bar takes its place within, its labels beyond.
     if s.kind == "2d":
-        fig, ax = _figure(figsize=(7.0, 5.5))
+        fig, ax = _figure(figsize=(7.0, 5.5), layout=None)
+        _margins(fig, left=0.9, right=0.85, bottom=0.55, top=0.35)
         _contour(fig, ax, s)
         for (path, _), label, color in zip(paths, labels, colors, strict=True):
             _path_2d(ax, path, color, label)
         _limit(ax, s)
         axes = [ax]
     else:
-        fig = Figure(figsize=(7.0, 6.5), dpi=DPI, layout="constrained")
+        fig = Figure(figsize=(7.0, 6.5), dpi=DPI)
         ax, below = fig.subplots(2, 1, height_ratios=[3, 2])
+        _margins(fig, left=0.9, right=0.2, bottom=0.55, top=0.35, hspace=0.3)
         ax.plot(s.axes[0], s.loss, color="0.4", lw=1.5, zorder=1)
         for i, ((path, loss), label, color) in enumerate(zip(paths, labels, colors, strict=True)):
             marker = "osD^vP*X"[i % 8]
@@ -277,22 +281,32 @@ def trajectories_figure(
 
 
 def legend_below(fig: Figure, ax: Axes, title: str = "") -> None:
-    """The legend of `ax`'s lines below the plots of `fig` (laid out by constrained layout),
-    in as many columns as the figure's width holds; the figure grows taller by its height, so
-    that the plots keep their size and every label stays on the figure."""
+    """The legend of `ax`'s lines below the plots of `fig`, in as many columns as the figure's
+    width holds; the figure grows taller by the legend's height and the plots keep their size
+    and margins (fig.subplotpars), so that every label stays on the figure."""
     handles, labels = ax.get_legend_handles_labels()
     longest = max(len(line) for label in labels for line in label.split("\n"))
     ncols = max(1, min(len(labels), LEGEND_CHARS // (longest + 6)))  # a first guess
-    fig.set_layout_engine("constrained")
     while True:
-        legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols,
-                            fontsize="small", title=title or None)  # fmt: skip
+        legend = fig.legend(handles, labels, loc="lower center", ncols=ncols, fontsize="small",
+                            title=title or None)  # fmt: skip
         box = legend.get_window_extent()
         if ncols == 1 or box.width <= fig.bbox.width - 10:  # and a few pixels to spare
             break
         legend.remove()
         ncols -= 1
-    fig.set_figheight(fig.get_figheight() + box.height / DPI + 0.1)
+    grow, height, params = box.height / DPI + 0.1, fig.get_figheight(), fig.subplotpars
+    bottom, top = params.bottom * height + grow, params.top * height + grow  # inches
+    fig.set_figheight(height + grow)
+    fig.subplots_adjust(bottom=bottom / (height + grow), top=top / (height + grow))
+
+
+def _margins(fig: Figure, left: float, right: float, bottom: float, top: float,
+             hspace: float | None = None) -> None:  # fmt: skip
+    """Fixed margins of `fig`'s plots, in inches from each edge."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, hspace=hspace)  # fmt: skip
 
 
 def png_bytes(fig: Figure) -> bytes:
