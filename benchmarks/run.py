@@ -87,7 +87,9 @@ class Settings:
     sweep_steps: int  # train.steps of every sweep job (and of the single run)
     long_sweep_steps: int  # train.steps of the linear model's sweeps (sweep/linear_*)
     sweep_reps: int
-    warmup: bool  # one untimed run of each process first (page cache, .pyc files)
+    # untimed first runs: of each process (page cache, .pyc files), and a round in this process
+    # (imports, first-call caches)
+    warmup: bool
 
 
 FULL = Settings("full", 4000, 9, 7, 64, 100, 2000, 3, True)
@@ -327,7 +329,7 @@ def measure_steps(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     bare_kinds = {"bare": BARE, "bare_cosine": BARE_COSINE}
     # An untimed first round: imports (tensorboard's protos, torch.optim) and first-call caches
     # belong to start-up, which is measured on its own.
-    for loop in LOOPS:
+    for loop in LOOPS if settings.warmup else ():
         for bare in bare_kinds.values():
             bare[loop](50)
         for kind, _ in kinds:
@@ -378,8 +380,9 @@ def runner_against_bare(
     steps = settings.steps
     composed = compose_runs({"run": [*args, f"train.steps={steps}"]})["run"]
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
-    bare(50)
-    runner_seconds_per_step(warmup_of(composed), next(out_dirs), WARMUP_STEPS)
+    if settings.warmup:
+        bare(50)
+        runner_seconds_per_step(warmup_of(composed), next(out_dirs), WARMUP_STEPS)
     bare_samples, runner = [], []
     for _ in range(settings.reps):
         bare_samples.append(bare(steps)[0] / steps)
@@ -449,8 +452,8 @@ def measure_mlflow(settings: Settings, work: Path) -> dict[str, dict[str, Any]]:
     previous = os.environ.get("MLFLOW_EXPERIMENT_ID")
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
     try:
-        for kind in ("off_warm", "on_warm"):  # untimed: MLflow's imports and first calls
-            seconds_per_step(kind, WARMUP_STEPS)
+        for kind in ("off_warm", "on_warm") if settings.warmup else ():
+            seconds_per_step(kind, WARMUP_STEPS)  # untimed: MLflow's imports and first calls
         off, on = [], []
         for _ in range(settings.reps):
             off.append(seconds_per_step("off", steps))
