@@ -55,6 +55,7 @@ def _composed(overrides: tuple[str, ...]) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+@functools.lru_cache(maxsize=4096)  # Hydra's parser takes a millisecond; the parts are not changed
 def _split(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list | None]:
     """The overrides Hydra composes (group choices, `hydra` keys) and the parsed plain value
     overrides; None for the values when a group is added or deleted: Hydra then does it all.

@@ -28,11 +28,11 @@ from runner.jobs import SWEPT_KEYS_ENV
 from runner.run import run
 from tests.helpers import cli_in_process, compose_config, run_cli, wait_for
 
-# At float32, lr 1.0 diverges within 20 steps; lr -1 is refused by the job itself (run()
-# validates the optimizer): under joblib or submitit in a worker process, which the runner
-# process learns of from the job's failed.json. Bad input is exit 2 under every launcher, as
-# for a single run.
-RATES = ["0.001", "0.01", "0.1", "1.0", "-1"]
+# A job of each ending: lr 0.01 completes; at float32, lr 1.0 diverges within 20 steps; lr -1
+# is refused by the job itself (run() validates the optimizer): under joblib or submitit in a
+# worker process, which the runner process learns of from the job's failed.json. Bad input is
+# exit 2 under every launcher, as for a single run.
+RATES = ["0.01", "1.0", "-1"]
 JOBS = [f"{i}_optimizer.lr={lr}" for i, lr in enumerate(RATES)]
 SWEEP = (
     "-m", f"optimizer.lr={','.join(RATES)}", "train.steps=20", "loop=numpy",
@@ -70,7 +70,7 @@ def results(sweep: Path) -> pd.DataFrame:
 def basic(tmp_path_factory) -> pd.DataFrame:
     """The SWEEP's summary.csv as Hydra's basic launcher, one job after another, leaves it."""
     table = results(sweep_with("basic", tmp_path_factory.mktemp("basic")))
-    assert table["status"].tolist() == ["completed"] * 3 + ["diverged", "failed"]
+    assert table["status"].tolist() == ["completed", "diverged", "failed"]
     return table
 
 

@@ -50,7 +50,7 @@ def test_a_signal_stops_the_sweep_with_every_logged_step_on_disk(tmp_path, launc
     # runs, so rows seen (and more of them a few flush periods later) mean the timer works; the
     # signal then ends the jobs at once, each summary says why, nothing logged is lost.
     proc = _start(tmp_path, launcher, "loop=numpy", "train.steps=100000000",
-                  "log.flush_secs=0.2", "log.tensorboard=false",
+                  "log.flush_secs=0.2", "log.tensorboard=false", "log.landscape=false",
                   "train.checkpoint_every=0")  # fmt: skip
     first = tmp_path / "sweep" / "0_optimizer.lr=0.001" / "metrics.csv"
     try:
