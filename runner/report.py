@@ -527,9 +527,9 @@ def _figure() -> tuple[Figure, Axes]:
     # caller's process (a notebook keeps its own); savefig renders PNGs with Agg by itself.
     from matplotlib.figure import Figure
 
-    # Fixed margins, which hold a plot with its legend inside: a layout engine would take a
-    # third of the picture's time. A legend below the plot or a colour bar, whose size the
-    # labels decide, hands the figure to constrained layout.
+    # Fixed margins: a layout engine would take a third of the picture's time. A legend below
+    # the plot makes the figure taller (landscape.legend_below); only the colour bar of many
+    # jobs, whose width their labels decide, hands the figure to constrained layout.
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     return fig, fig.add_subplot()
