@@ -247,3 +247,29 @@ def test_no_config_sets_hydra_mode_so_the_tests_cli_need_not_look():
                                    validate_sweep_overrides=False)  # fmt: skip
         assert hydra.get_mode("config", overrides) is None
     assert cfg.hydra.mode is None and cfg.hydra.launcher._target_.endswith("VectorizedLauncher")
+
+
+def test_hydra_composes_a_sweep_job_alike_twice_so_the_tests_cli_composes_it_once():
+    # tests/helpers.cli_in_process composes each sweep job once (composed_once): what Hydra's
+    # sweeper composes to check a job equals what the launcher composes again to run it, and
+    # every caller gets a copy of its own.
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from tests.helpers import composed_once
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        master = hydra.compose_config("config", ["optimizer.lr=0.1,0.2", "loop=numpy"],
+                                      run_mode=RunMode.MULTIRUN)  # fmt: skip
+        loader, job = hydra.config_loader, ["optimizer.lr=0.2", "loop=numpy"]
+        checked, launched = (loader.load_sweep_config(master, job) for _ in range(2))
+        once = composed_once(type(loader).load_sweep_config)
+        first, second = once(loader, master, job), once(loader, master, job)
+    texts = {OmegaConf.to_yaml(c) for c in (checked, launched, first, second)}
+    assert len(texts) == 1 and checked.optimizer.lr == 0.2
+    with open_dict(first):
+        first.hydra.job.num = 7
+    assert OmegaConf.is_missing(second.hydra.job, "num")  # a copy of its own
