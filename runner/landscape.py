@@ -197,8 +197,7 @@ def _padded_range(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def landscape_figure(s: Surface, title: str) -> Figure:
     """The picture of one run's Surface: curve with the path's points, contour with the path,
     or the loss along the line from the initial to the final parameters."""
-    # Fixed margins rather than a layout engine: a third less time to draw, once per run.
-    fig, ax = _figure(layout=None)
+    fig, ax = figure()
     # (a 2-D picture's colour bar takes its place within, its labels beyond `right`)
     fig.subplots_adjust(left=0.15, right=0.86 if s.kind == "2d" else 0.97, bottom=0.11, top=0.93)
     if s.kind == "2d":
@@ -248,7 +247,7 @@ def trajectories_figure(
     # Fixed margins in inches (labels of a few characters), not a layout engine: a third of
     # the picture's time. A 2-D picture's colour bar takes its place within, its labels beyond.
     if s.kind == "2d":
-        fig, ax = _figure(figsize=(7.0, 5.5), layout=None)
+        fig, ax = figure(figsize=(7.0, 5.5))
         _margins(fig, left=0.9, right=0.85, bottom=0.55, top=0.35)
         _contour(fig, ax, s)
         for (path, _), label, color in zip(paths, labels, colors, strict=True):
@@ -316,13 +315,15 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(
-    figsize: tuple[float, float] = FIGSIZE, layout: str | None = "constrained"
-) -> tuple[Figure, Axes]:
-    # A bare Figure, no pyplot: no global figure registry, no backend switch in the caller.
+def figure(figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
+    """A figure of one plot for the runner's pictures (here and in runner.report). A bare
+    Figure, not pyplot: no global figure registry and no backend switch in the caller's
+    process (a notebook keeps its own); savefig renders PNGs with Agg by itself. No layout
+    engine: the caller sets fixed margins, as a layout engine would take a third of the
+    picture's time."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=DPI, layout=layout)
+    fig = Figure(figsize=figsize, dpi=DPI)
     return fig, fig.add_subplot()
 
 

@@ -523,16 +523,14 @@ def final_loss_figure(table: pd.DataFrame, key: str, title: str):
 
 
 def _figure() -> tuple[Figure, Axes]:
-    # A bare Figure, not pyplot: no global figure registry and no backend switch in the
-    # caller's process (a notebook keeps its own); savefig renders PNGs with Agg by itself.
-    from matplotlib.figure import Figure
+    # Fixed margins (landscape.figure). A legend below the plot makes the figure taller
+    # (landscape.legend_below); only the colour bar of many jobs, whose width their labels
+    # decide, hands the figure to constrained layout.
+    from runner.landscape import figure
 
-    # Fixed margins: a layout engine would take a third of the picture's time. A legend below
-    # the plot makes the figure taller (landscape.legend_below); only the colour bar of many
-    # jobs, whose width their labels decide, hands the figure to constrained layout.
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    fig, ax = figure(FIGSIZE)
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
-    return fig, fig.add_subplot()
+    return fig, ax
 
 
 def _colors(n: int) -> list:
