@@ -376,7 +376,7 @@ def runner_against_bare(
 ) -> tuple[str, list[float], list[float]]:
     """One runner row against one bare loop: the runner command's label, and the per-step
     samples of the runner with `args` and of `bare`, interleaved, after an untimed round of
-    each (as in measure_steps)."""
+    each when `settings.warmup` (as in measure_steps)."""
     steps = settings.steps
     composed = compose_runs({"run": [*args, f"train.steps={steps}"]})["run"]
     out_dirs = (work / f"run{i}" for i in range(1_000_000))
