@@ -294,7 +294,7 @@ def legend_below(fig: Figure, ax: Axes, title: str = "") -> None:
             break
         legend.remove()
         ncols -= 1
-    grow, height, params = box.height / DPI + 0.1, fig.get_figheight(), fig.subplotpars
+    grow, height, params = box.height / fig.dpi + 0.1, fig.get_figheight(), fig.subplotpars
     bottom, top = params.bottom * height + grow, params.top * height + grow  # inches
     fig.set_figheight(height + grow)
     fig.subplots_adjust(bottom=bottom / (height + grow), top=top / (height + grow))

@@ -50,8 +50,7 @@ if TYPE_CHECKING:  # imported lazily below: pandas and matplotlib take a second 
 
 # SPEC: how closely the three loops agree, relative, for each dtype.
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
-FIGSIZE = (8.0, 5.0)  # inches; at DPI this is 800 x 500 pixels
-DPI = 100
+FIGSIZE = (8.0, 5.0)  # inches; 800 x 500 pixels at landscape.DPI, as every picture
 # loss.png names each job in a legend up to this many jobs, and shows a colour bar beyond.
 MAX_LEGEND = 20
 # A legend label longer than this many characters is wrapped; the legend sits inside the plot
@@ -951,6 +950,8 @@ def _coinciding_note(parity: pd.DataFrame | None, jobs: Sequence[Job]) -> str:
 
 
 def _save_figure(path: Path, fig: Figure) -> Path:
+    from runner.landscape import DPI
+
     with _replacing(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
     return path

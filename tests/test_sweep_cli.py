@@ -23,7 +23,8 @@ import pytest
 from matplotlib import image
 
 from runner import report
-from runner.report import DPI, FIGSIZE, TOLERANCE
+from runner.landscape import DPI
+from runner.report import FIGSIZE, TOLERANCE
 from tests.helpers import cli_in_process, wait_for
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
